@@ -1,0 +1,126 @@
+"""Grain input pipelines: P x K identity-sampled training batches and ordered eval batches.
+
+Training: element s of the dataset IS the batch of train step s. The global batch of step s is
+drawn by `PKSampler` from (seed, s) alone; each process loads only its contiguous slice of it
+(`process_slice`), and each image is augmented with a generator seeded by (seed, s, position in
+the global batch). So batches do not depend on the number of processes or workers, and the
+Grain iterator state (saved with every checkpoint) is just a position: resume is exact.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import grain
+import numpy as np
+
+from personvit_jax.data import augment
+from personvit_jax.data.layouts import Split
+
+
+class PKSampler:
+    """Deterministic P x K sampling: P distinct ids, K images each (with replacement only for
+    ids that have fewer than K images). Batch layout: [id_0 x K, id_1 x K, ...]."""
+
+    def __init__(self, pids: np.ndarray, num_ids_per_batch: int, num_instances: int, seed: int):
+        self.ids, inverse = np.unique(np.asarray(pids), return_inverse=True)
+        if num_ids_per_batch > len(self.ids):
+            raise ValueError(f"P x K sampling needs P={num_ids_per_batch} distinct ids per batch "
+                             f"but the training split has only {len(self.ids)} ids")
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.cumsum(np.bincount(inverse, minlength=len(self.ids)))[:-1]
+        self.index_by_id = np.split(order, bounds)  # record indices of each id, ascending
+        self.p, self.k, self.seed = num_ids_per_batch, num_instances, seed
+
+    @property
+    def batch_size(self) -> int:
+        return self.p * self.k
+
+    def batch(self, step: int) -> np.ndarray:
+        """Record indices [P * K] of the global batch of train step `step`."""
+        rng = np.random.default_rng([self.seed, step])
+        chosen = rng.choice(len(self.ids), self.p, replace=False)
+        return np.concatenate([
+            rng.choice(self.index_by_id[i], self.k, replace=len(self.index_by_id[i]) < self.k)
+            for i in chosen])
+
+
+def process_slice(global_size: int, process_index: int, process_count: int) -> slice:
+    if global_size % process_count:
+        raise ValueError(f"global batch {global_size} is not divisible by the {process_count} "
+                         "processes")
+    n = global_size // process_count
+    return slice(process_index * n, (process_index + 1) * n)
+
+
+class TrainBatchLoader:
+    """Step index -> this process's part of that step's augmented batch (picklable for workers).
+
+    Output: images float32 [b, H, W, 3], labels int32 [b] (train-relabelled pids), camids int32
+    [b], indices int32 [b] (record indices, to name images in error reports).
+    """
+
+    def __init__(self, split: Split, sampler: PKSampler, aug_cfg, seed: int, local: slice):
+        self.split, self.sampler, self.aug_cfg, self.seed, self.local = (
+            split, sampler, aug_cfg, seed, local)
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        idx = self.sampler.batch(step)
+        positions = np.arange(len(idx))[self.local]
+        images = []
+        for pos in positions:
+            rng = np.random.default_rng([self.seed, step, pos, 1])
+            img = augment.load_rgb(self.split.paths[idx[pos]])
+            images.append(augment.reid_train_transform(img, rng, self.aug_cfg))
+        local_idx = idx[self.local]
+        return {"images": np.stack(images), "labels": self.split.pids[local_idx].astype(np.int32),
+                "camids": self.split.camids[local_idx].astype(np.int32),
+                "indices": local_idx.astype(np.int32)}
+
+
+def _iter(ds: grain.MapDataset, num_workers: int, prefetch: int) -> grain.IterDataset:
+    # Small buffers: a batch of 64 images at 256x128 is 25 MB of float32.
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, prefetch),
+                                              prefetch_buffer_size=max(1, prefetch)))
+    if num_workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                         per_worker_buffer_size=prefetch))
+    return it
+
+
+def train_iterator(split: Split, data_cfg, num_steps: int, seed: int, process_index: int = 0,
+                   process_count: int = 1) -> grain.IterDataset:
+    """Iterable over the local parts of the batches of steps 0..num_steps-1; its iterator's
+    state goes into checkpoints (grain.checkpoint.CheckpointSave)."""
+    sampler = PKSampler(split.pids, data_cfg.num_ids_per_batch, data_cfg.num_instances, seed)
+    local = process_slice(sampler.batch_size, process_index, process_count)
+    ds = grain.MapDataset.range(num_steps).map(
+        TrainBatchLoader(split, sampler, data_cfg, seed, local))
+    return _iter(ds, data_cfg.num_workers, data_cfg.prefetch)
+
+
+class EvalBatchLoader:
+    """Global batch b -> this process's slice of images b*B .. (b+1)*B - 1, padded at the end of
+    the split by repeating the last image (`valid` marks the real ones)."""
+
+    def __init__(self, split: Split, aug_cfg, batch_size: int, local: slice):
+        self.split, self.aug_cfg, self.batch_size, self.local = split, aug_cfg, batch_size, local
+
+    def __call__(self, b: int) -> dict[str, np.ndarray]:
+        pos = np.arange(b * self.batch_size, (b + 1) * self.batch_size)[self.local]
+        valid = pos < len(self.split)
+        pos = np.minimum(pos, len(self.split) - 1)
+        images = [augment.reid_test_transform(augment.load_rgb(self.split.paths[i]), self.aug_cfg)
+                  for i in pos]
+        return {"images": np.stack(images), "camids": self.split.camids[pos].astype(np.int32),
+                "valid": valid}
+
+
+def eval_iterator(split: Split, data_cfg, batch_size: int, process_index: int = 0,
+                  process_count: int = 1, num_workers: Optional[int] = None) -> grain.IterDataset:
+    """Ordered batches over a whole split (query or gallery)."""
+    local = process_slice(batch_size, process_index, process_count)
+    num_batches = -(-len(split) // batch_size)
+    ds = grain.MapDataset.range(num_batches).map(EvalBatchLoader(split, data_cfg, batch_size, local))
+    return _iter(ds, data_cfg.num_workers if num_workers is None else num_workers,
+                 data_cfg.prefetch)

@@ -1,0 +1,71 @@
+"""Test setup: 8 fake CPU devices (set before JAX is imported), a tiny synthetic dataset, and
+a tiny fine-tune config (ViT depth 2, width 64, 64x32 inputs)."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import pytest  # noqa: E402
+
+TINY_SYNTHETIC = {"seed": 0, "num_train_ids": 8, "num_test_ids": 6, "num_distractors": 10,
+                  "num_junk": 5, "images_per_id": (6, 10)}
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """A data_dir holding a tiny synthetic Market-layout set (generated once per session)."""
+    from personvit_jax.data import layouts
+    from personvit_jax.data.synthetic import generate_synthetic_market
+
+    data_dir = str(tmp_path_factory.mktemp("data"))
+    generate_synthetic_market(layouts.dataset_root("synthetic", data_dir), **TINY_SYNTHETIC)
+    return data_dir
+
+
+def tiny_finetune_config(data_dir, **overrides):
+    """configs/finetune.py:synthetic shrunk to a seconds-long run on the tiny set."""
+    sys.path.insert(0, os.path.join(REPO, "configs"))
+    import importlib
+
+    finetune_cfg = importlib.import_module("finetune")
+    c = finetune_cfg.get_config("synthetic")
+    c.data.data_dir = data_dir
+    c.data.synthetic = dict(TINY_SYNTHETIC)
+    c.data.image_size = (64, 32)
+    c.data.num_ids_per_batch = 4
+    c.data.num_instances = 4
+    c.data.pad = 4
+    c.model.width, c.model.depth, c.model.num_heads = 64, 2, 2
+    c.model.patch_size = c.model.patch_stride = 8
+    c.model.pos_grid = (8, 4)
+    c.optim.epochs = 2
+    c.optim.warmup_epochs = 1
+    c.eval.every_epochs = 0
+    c.eval.batch_size = 32
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 4
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+@pytest.fixture
+def tiny_config(tiny_data_dir):
+    return lambda **kw: tiny_finetune_config(tiny_data_dir, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_splits(tiny_data_dir):
+    from personvit_jax.data import layouts
+
+    return layouts.load_splits("synthetic", tiny_data_dir, TINY_SYNTHETIC)

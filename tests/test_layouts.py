@@ -1,0 +1,96 @@
+"""Market-1501 / MSMT17 layout parsing, on generated folders."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from personvit_jax.data import layouts
+
+
+def _touch_jpg(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", (8, 16), (120, 10, 10)).save(path)
+
+
+def _market(root, names_by_dir):
+    for sub, names in names_by_dir.items():
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+        for n in names:
+            _touch_jpg(os.path.join(root, sub, n))
+    return root
+
+
+def test_market_layout_junk_distractors_relabel(tmp_path):
+    root = _market(str(tmp_path / "m"), {
+        "bounding_box_train": ["0002_c1s1_000451_03.jpg", "0002_c2s1_000551_01.jpg",
+                               "0007_c6s2_000001_01.jpg", "-1_c1s1_000001_01.jpg"],
+        "query": ["0003_c1s1_000001_00.jpg"],
+        "bounding_box_test": ["0003_c2s1_000002_00.jpg", "0000_c3s1_000003_00.jpg",
+                              "-1_c1s1_000004_00.jpg"],
+    })
+    open(os.path.join(root, "query", "Thumbs.db"), "w").close()  # ignored
+    s = layouts.load_market_layout(root, num_cameras=6)
+    tr = s["train"]
+    assert len(tr) == 3  # junk dropped
+    np.testing.assert_array_equal(tr.pids, [0, 0, 1])  # relabelled
+    np.testing.assert_array_equal(tr.camids, [0, 1, 5])  # 0-based
+    g = s["gallery"]
+    np.testing.assert_array_equal(g.pids, [0, 3])  # distractor kept, junk dropped; sorted names
+    np.testing.assert_array_equal(s["query"].pids, [3])
+    assert tr[1]["path"].endswith("0002_c2s1_000551_01.jpg")
+
+
+def test_synthetic_set_parses(tiny_splits):
+    s = tiny_splits
+    assert s["train"].num_ids == 8
+    assert set(np.unique(s["train"].pids)) == set(range(8))
+    assert (s["gallery"].pids == 0).sum() > 0  # distractors
+    assert set(s["query"].pids) <= set(s["gallery"].pids)
+    assert s["query"].camids.max() < 6
+
+
+def test_market_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothere")):
+        layouts.load_market_layout(str(tmp_path / "nothere"), 6)
+    root = _market(str(tmp_path / "m"), {"bounding_box_train": ["0001_c1s1_000001_01.jpg"],
+                                         "query": ["0001_c1s1_000001_01.jpg"]})
+    with pytest.raises(FileNotFoundError, match="bounding_box_test"):
+        layouts.load_market_layout(root, 6)
+    os.makedirs(os.path.join(root, "bounding_box_test"))
+    with pytest.raises(ValueError, match="bounding_box_test: no images"):
+        layouts.load_market_layout(root, 6)
+    _touch_jpg(os.path.join(root, "bounding_box_test", "person.jpg"))
+    with pytest.raises(ValueError, match="person.jpg: file name does not follow"):
+        layouts.load_market_layout(root, 6)
+    os.remove(os.path.join(root, "bounding_box_test", "person.jpg"))
+    _touch_jpg(os.path.join(root, "bounding_box_test", "0001_c9s1_000001_01.jpg"))
+    with pytest.raises(ValueError, match="camera 9 out of range"):
+        layouts.load_market_layout(root, 6)
+    with pytest.raises(ValueError, match="config.data.name='nope'"):
+        layouts.load_splits("nope", str(tmp_path))
+
+
+def test_msmt17_lists(tmp_path):
+    root = str(tmp_path / "MSMT17_V1")
+    rel = {"train": ["0000/0000_000_01_0303morning_0015_0.jpg",
+                     "0001/0001_001_07_0303noon_0020_1.jpg"],
+           "val": ["0001/0001_002_15_0303afternoon_0001_0.jpg"],
+           "query": ["0000/0000_000_03_0303morning_0001_0.jpg"],
+           "gallery": ["0000/0000_001_05_0303noon_0002_0.jpg"]}
+    for split, paths in rel.items():
+        img_dir = "train" if split in ("train", "val") else "test"
+        for p in paths:
+            _touch_jpg(os.path.join(root, img_dir, p))
+        with open(os.path.join(root, f"list_{split}.txt"), "w") as f:
+            f.writelines(f"{p} {int(p[:4])}\n" for p in paths)
+    s = layouts.load_msmt17_layout(root)
+    assert len(s["train"]) == 3  # train + val
+    np.testing.assert_array_equal(s["train"].pids, [0, 1, 1])
+    np.testing.assert_array_equal(s["train"].camids, [0, 6, 14])
+    np.testing.assert_array_equal(s["query"].camids, [2])
+    with open(os.path.join(root, "list_gallery.txt"), "a") as f:
+        f.write("0009/0009_000_01_0303morning_0001_0.jpg 9\n")
+    with pytest.raises(FileNotFoundError, match="list_gallery.txt:2 points at .*0009"):
+        layouts.load_msmt17_layout(root)
