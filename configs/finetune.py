@@ -1,0 +1,140 @@
+r"""Supervised ReID fine-tuning (the PersonViT / TransReID recipe).
+
+Launch:
+  python -m personvit_jax.main --config=configs/finetune.py:dataset=market1501,model=vit_small \
+      --workdir=runs/market_vits --config.init_from=runs/pretrain_vits
+CPU-sized run on the built-in synthetic person set (generated on first use):
+  python -m personvit_jax.main --config=configs/finetune.py:synthetic --workdir=runs/synthetic
+
+`arg` is a comma-separated list: `dataset=NAME` (market1501, dukemtmc, msmt17, occluded_duke,
+synthetic), `model=NAME` (vit_tiny, vit_small, vit_base), and the flag `synthetic`, which selects
+the synthetic set and shrinks model, images and schedule to a few minutes on a 2-core CPU.
+Any field can be overridden on the command line, e.g. `--config.optim.base_lr=1e-3`.
+"""
+
+import ml_collections
+
+
+def _parse_arg(arg):
+    out = {"dataset": "market1501", "model": "vit_small", "synthetic": False}
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key == "synthetic" and not value:
+            out["synthetic"] = True
+        elif key in ("dataset", "model") and value:
+            out[key] = value
+        else:
+            raise ValueError(f"configs/finetune.py: unknown config argument {item!r}; expected "
+                             "dataset=NAME, model=NAME or synthetic")
+    if out["synthetic"]:
+        out["dataset"] = "synthetic"
+    return out
+
+
+def get_config(arg=None):
+    args = _parse_arg(arg)
+    c = ml_collections.ConfigDict()
+    c.stage = "finetune"  # selects personvit_jax.stages.finetune.train
+    c.seed = 0  # seeds parameter init, drop path, P x K sampling and augmentation
+    # Initialise from another run before training: a pretrain workdir/checkpoint (its TEACHER
+    # backbone is loaded, heads dropped) or a fine-tune one (its backbone). '' = from scratch.
+    # Ignored when the workdir already holds a checkpoint (then the run resumes).
+    c.init_from = ""
+
+    # ---------------------------------------------------------------- data
+    c.data = d = ml_collections.ConfigDict()
+    d.name = args["dataset"]  # market1501 | dukemtmc | msmt17 | occluded_duke | synthetic
+    d.data_dir = "data"  # folder holding the dataset's folder (e.g. data/Market-1501-v15.09.15)
+    d.image_size = (256, 128)  # (height, width) fed to the network
+    d.num_ids_per_batch = 16  # P: identities per batch
+    d.num_instances = 4  # K: images per identity; batch = P * K
+    d.flip_prob = 0.5  # horizontal flip probability
+    d.pad = 10  # zero padding (px) before the random crop back to image_size
+    d.erasing_prob = 0.5  # random erasing (area 2%-33%, aspect 0.3-3.3, Gaussian noise pixels)
+    d.mean = (0.5, 0.5, 0.5)  # normalisation mean (PersonViT: 0.5, not ImageNet's)
+    d.std = (0.5, 0.5, 0.5)  # normalisation std
+    d.num_workers = 0  # Grain worker processes for decoding/augmentation (0 = threads only)
+    d.prefetch = 2  # batches prepared ahead (memory: a 64 x 256 x 128 batch is 25 MB)
+    # Only for dataset=synthetic: arguments of data.synthetic.generate_synthetic_market.
+    d.synthetic = ml_collections.ConfigDict({
+        "seed": 0,  # generator seed (same arguments -> byte-identical files)
+        "num_train_ids": 150,  # identities in bounding_box_train
+        "num_test_ids": 150,  # identities in query + bounding_box_test
+        "images_per_id": (8, 16),  # images per identity, drawn uniformly in this range
+        "num_distractors": 300,  # pid 0000 images in the gallery
+        "num_junk": 100,  # pid -1 images in the gallery (dropped by the parser)
+    })
+
+    # ---------------------------------------------------------------- model
+    c.model = m = ml_collections.ConfigDict()
+    m.name = args["model"]  # vit_tiny (192-d, 3 heads) | vit_small (384, 6) | vit_base (768, 12)
+    m.depth = 0  # number of blocks; 0 = the standard 12
+    m.width = 0  # token width; 0 = the standard one of `name` (tests use tiny widths)
+    m.num_heads = 0  # attention heads; 0 = the standard number of `name`
+    m.patch_size = 16  # patch side in pixels
+    m.patch_stride = 16  # patch stride; < patch_size gives TransReID's overlapping patches (12)
+    m.pos_grid = (16, 8)  # grid of the stored position embedding (256x128 / 16); resized if the
+    #                       input grid differs
+    m.drop_path_rate = 0.1  # stochastic depth at the last block (linear from 0 over depth)
+    m.sie = False  # TransReID side-information (camera) embedding
+    m.jpm = False  # TransReID jigsaw patch module (4 local branches); PersonViT keeps it off
+    m.jpm_groups = 4  # JPM local branches
+    m.compute_dtype = "float32"  # float32 | bfloat16 (params and optimizer stay float32)
+
+    # ---------------------------------------------------------------- loss
+    c.loss = l = ml_collections.ConfigDict()
+    l.id_weight = 1.0  # weight of the ID cross-entropy (on BNNeck logits)
+    l.label_smoothing = 0.0  # label smoothing epsilon of the ID loss (PersonViT: off)
+    l.triplet_weight = 1.0  # weight of the batch-hard triplet loss (on the pre-BN feature)
+    l.triplet = "soft"  # 'soft' = log(1 + exp(d_ap - d_an)); 'margin' = hinge with l.margin
+    l.margin = 0.3  # hinge margin, used when triplet='margin'
+
+    # ---------------------------------------------------------------- optimisation
+    c.optim = o = ml_collections.ConfigDict()
+    o.name = "sgd"  # SGD with momentum, coupled L2 weight decay (torch.optim.SGD)
+    o.base_lr = 4e-4  # peak learning rate (for batch 64)
+    o.momentum = 0.9
+    o.weight_decay = 1e-4  # on weights (incl. LayerNorm scales, cls token, position embedding)
+    o.weight_decay_bias = 1e-4  # on biases
+    o.bias_lr_factor = 2.0  # biases learn at 2 x LR
+    o.epochs = 120  # training length; an epoch = len(train split) // batch steps
+    o.warmup_epochs = 20  # linear warm-up length
+    o.warmup_factor = 0.01  # warm-up starts at 0.01 x base_lr
+    o.final_lr_factor = 0.002  # cosine ends at 0.002 x base_lr
+    o.per_epoch_schedule = True  # LR changes once per epoch (as PersonViT); False = every step
+
+    # ---------------------------------------------------------------- evaluation
+    c.eval = e = ml_collections.ConfigDict()
+    e.every_epochs = 0  # evaluate every N epochs during training (0 = only at the end)
+    e.batch_size = 128  # global eval batch
+    e.neck_feat = "before"  # test feature before ('before') or after ('after') the BNNeck
+    e.normalize = True  # L2-normalise test features
+    e.metric = "euclidean"  # euclidean | cosine
+    e.max_rank = 50  # CMC length
+
+    # ---------------------------------------------------------------- devices
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # devices on the `data` axis (batch split, state replicated); -1 = all
+
+    # ---------------------------------------------------------------- bookkeeping
+    c.log_every_steps = 50  # metrics to TensorBoard / metrics.jsonl / progress line
+    c.checkpoint_every_steps = 1000  # Orbax save interval (a final save always happens)
+    c.keep_checkpoints = 3  # keep the last N checkpoints
+
+    if args["synthetic"]:
+        # CPU-sized: 128x64 inputs (the synthetic images' own size), a 6-block ViT-Tiny with a
+        # 8x4 patch grid, batch 8 x 4, a few minutes of training on 2 cores.
+        d.image_size = (128, 64)
+        d.num_ids_per_batch = 8
+        d.num_instances = 4
+        d.pad = 5
+        m.name = "vit_tiny"
+        m.depth = 6
+        m.pos_grid = (8, 4)
+        o.base_lr = 4e-3
+        o.epochs = 30
+        o.warmup_epochs = 3
+        e.every_epochs = 10
+        c.log_every_steps = 20
+        c.checkpoint_every_steps = 100
+    return c

@@ -1,0 +1,59 @@
+r"""Command-line entry point: parse flags, set up JAX (multi-process when launched so), dispatch
+on `config.stage`.
+
+  python -m personvit_jax.main --config=configs/finetune.py:synthetic --workdir=runs/synthetic
+
+Re-running the same command resumes from the latest checkpoint in --workdir.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from personvit_jax.training.logging import quiet_library_logs
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<stage>.py[:args]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 for multi-process runs (else the "
+                                   "cluster environment is auto-detected, if any).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+STAGES = ("finetune",)
+
+
+def _setup_jax() -> None:
+    import jax
+
+    if _COORDINATOR.value or _NUM_PROCESSES.value:
+        # CPU collectives across processes (only used by the CPU backend; harmless elsewhere).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                                   num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    elif any(v in os.environ for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                                        "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")):
+        jax.distributed.initialize()  # cluster auto-detection (SLURM, Open MPI, TPU pods)
+    logging.info("JAX %s: process %d/%d, %d local / %d global devices (%s)", jax.__version__,
+                 jax.process_index(), jax.process_count(), jax.local_device_count(),
+                 jax.device_count(), jax.default_backend())
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    quiet_library_logs()
+    _setup_jax()
+    if config.stage == "finetune":
+        from personvit_jax.stages.finetune import train
+    else:
+        raise ValueError(f"config.stage={config.stage!r}: expected one of {STAGES}")
+    train(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,192 @@
+"""Supervised ReID fine-tuning: ViT + BNNeck, ID + triplet loss, P x K batches.
+
+`train(config, workdir)` reads top to bottom in phases: workdir & logging, data, mesh, model &
+optimizer, train state & shardings, steps, checkpoint (resume > init_from > scratch), train loop,
+final evaluation. Importable from notebooks; `personvit_jax.main` calls it for stage=finetune.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+
+from personvit_jax import evaluation
+from personvit_jax.data import layouts, pipeline
+from personvit_jax.evaluation.features import extract_features
+from personvit_jax.losses import reid_loss
+from personvit_jax.models.reid import reid_model_from_config, retrieval_embedding
+from personvit_jax.training import checkpointing, optim, sharding
+from personvit_jax.training.logging import MetricLogger
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) fine-tuning in `workdir`; returns the final evaluation summary."""
+    # ------------------------------------------------------------------ workdir & logging
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    # ------------------------------------------------------------------ data
+    splits = layouts.load_splits(config.data.name, config.data.data_dir,
+                                 config.data.get("synthetic", {}).to_dict()
+                                 if config.data.name == "synthetic" else None)
+    train_split = splits["train"]
+    num_classes = train_split.num_ids
+    batch_size = config.data.num_ids_per_batch * config.data.num_instances
+    steps_per_epoch = max(1, len(train_split) // batch_size)
+    total_steps = config.optim.epochs * steps_per_epoch
+    logging.info("%s: %d train images / %d ids, %d query, %d gallery; %d steps/epoch, %d steps",
+                 config.data.name, len(train_split), num_classes, len(splits["query"]),
+                 len(splits["gallery"]), steps_per_epoch, total_steps)
+    train_ds = pipeline.train_iterator(train_split, config.data, total_steps, config.seed,
+                                       jax.process_index(), jax.process_count())
+    data_iter = iter(train_ds)
+
+    # ------------------------------------------------------------------ mesh
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_divisible(batch_size, mesh, "train batch (P x K)")
+    sharding.check_batch_divisible(config.eval.batch_size, mesh, "config.eval.batch_size")
+    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+
+    # ------------------------------------------------------------------ model & optimizer
+    model = reid_model_from_config(config, num_classes, layouts.num_cameras(config.data.name))
+    tx, lr_schedule = optim.make_finetune_optimizer(config.optim, steps_per_epoch)
+    h, w = config.data.image_size
+    use_cams = config.model.sie
+
+    # ------------------------------------------------------------------ train state & shardings
+    state = jax.jit(lambda: init_train_state(model, tx, config, (h, w)), out_shardings=repl)()
+    state_sh = jax.tree.map(lambda _: repl, state)
+
+    # ------------------------------------------------------------------ steps
+    train_step = jax.jit(make_train_step(model, tx, lr_schedule, config),
+                         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
+                         donate_argnums=0)
+
+    @functools.partial(jax.jit, in_shardings=(repl, batch_sh, batch_sh), out_shardings=repl)
+    def embed(variables, images, camids):
+        out = model.apply(variables, images, camids if use_cams else None, train=False)
+        f = retrieval_embedding(out, config.eval.neck_feat)
+        if config.eval.normalize:
+            f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+        return f
+
+    def run_eval(state) -> dict[str, Any]:
+        variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        fn = functools.partial(embed, variables)
+        qf = extract_features(fn, splits["query"], config.data, mesh, config.eval.batch_size)
+        gf = extract_features(fn, splits["gallery"], config.data, mesh, config.eval.batch_size)
+        q, g = splits["query"], splits["gallery"]
+        result = evaluation.evaluate(qf, gf, q.pids, g.pids, q.camids, g.camids,
+                                     metric=config.eval.metric, max_rank=config.eval.max_rank)
+        return evaluation.summarize(result)
+
+    # ------------------------------------------------------------------ checkpoint
+    # Init order: 1) resume from this workdir, 2) config.init_from, 3) scratch (as initialised).
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                      max_to_keep=config.keep_checkpoints,
+                                      save_interval_steps=config.checkpoint_every_steps)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, checkpointing.abstract_state(state), data_iter)
+        logging.info("resumed from %s at step %d", ckpt.directory, latest)
+    elif config.init_from:
+        backbone = checkpointing.pretrained_backbone(config.init_from)
+        params = checkpointing.merge_backbone(jax.device_get(state["params"]), backbone,
+                                              config.init_from, config.model.pos_grid,
+                                              log=logging.info)
+        state = dict(state, params=params, opt_state=tx.init(params))
+        state = jax.device_put(state, repl)
+        del backbone, params
+    else:
+        logging.info("training from scratch")
+
+    # ------------------------------------------------------------------ train loop
+    logger = MetricLogger(workdir, total_steps, batch_size)
+    eval_every = config.eval.every_epochs * steps_per_epoch
+    step = first_step = int(state["step"])
+    metric_sum, metric_count = None, 0
+    while step < total_steps:
+        batch = next(data_iter)
+        batch.pop("indices")
+        state, metrics = train_step(state, sharding.to_global(batch, mesh))
+        step += 1
+        metric_sum = metrics if metric_sum is None else jax.tree.map(jnp.add, metric_sum, metrics)
+        metric_count += 1
+        if step == first_step + 1:
+            logger.start(step)  # img/s and ETA clock starts after the compiling step
+        if step % config.log_every_steps == 0 or step == total_steps:
+            logger.write(step, jax.tree.map(lambda x: x / metric_count, metric_sum))
+            metric_sum, metric_count = None, 0
+        ckpt.save(step, state, data_iter, force=step == total_steps)
+        if eval_every and step % eval_every == 0 and step != total_steps:
+            logger.write(step, run_eval(state), prefix="eval")
+
+    # ------------------------------------------------------------------ final evaluation
+    summary = run_eval(state)
+    logger.write(step, summary, prefix="eval")
+    if is_main:
+        with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+            json.dump({"dataset": config.data.name, "step": step, **summary}, f, indent=2)
+    logger.close()
+    ckpt.close()
+    return summary
+
+
+def make_train_step(model, tx, lr_schedule, config):
+    """(state, batch) -> (state, metrics): one SGD/AdamW step on ID + triplet loss (unjitted;
+    the caller jits it with its shardings). batch: images [B, H, W, 3], labels [B], camids [B]."""
+    use_cams = config.model.sie
+    loss_kw = dict(id_weight=config.loss.id_weight, triplet_weight=config.loss.triplet_weight,
+                   label_smoothing=config.loss.label_smoothing,
+                   triplet_margin=_triplet_margin(config.loss))
+
+    def train_step(state, batch):
+        # One key per step from (seed, step): drop path is the same on resume and on any mesh.
+        rng = jax.random.fold_in(state["rng"], state["step"])
+
+        def loss_fn(params):
+            out, new_vars = model.apply(
+                {"params": params, "batch_stats": state["batch_stats"]}, batch["images"],
+                batch["camids"] if use_cams else None, train=True, mutable=["batch_stats"],
+                rngs={"dropout": rng})
+            loss, metrics = reid_loss(out, batch["labels"], **loss_kw)
+            return loss, (metrics, new_vars["batch_stats"])
+
+        grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        metrics["lr"] = lr_schedule(state["step"])
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        params = jax.tree.map(jnp.add, state["params"], updates)
+        return dict(state, step=state["step"] + 1, params=params, batch_stats=batch_stats,
+                    opt_state=opt_state), metrics
+
+    return train_step
+
+
+def init_train_state(model, tx, config, image_hw) -> dict:
+    """Fresh train state: {step, params, batch_stats, opt_state, rng} (jit it with shardings)."""
+    variables = model.init({"params": jax.random.PRNGKey(config.seed)},
+                           jnp.zeros((1, *image_hw, 3)), jnp.zeros((1,), jnp.int32))
+    return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
+            "batch_stats": variables["batch_stats"], "opt_state": tx.init(variables["params"]),
+            "rng": jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)}
+
+
+def _triplet_margin(loss_cfg):
+    if loss_cfg.triplet == "soft":
+        return None
+    if loss_cfg.triplet == "margin":
+        return float(loss_cfg.margin)
+    raise ValueError(f"config.loss.triplet={loss_cfg.triplet!r}: expected 'soft' or 'margin'")

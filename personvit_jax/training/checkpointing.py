@@ -1,0 +1,164 @@
+"""The one checkpoint wrapper: Orbax CheckpointManager over {train state, data iterator}.
+
+Layout: <workdir>/checkpoints/<step>/{state, data}. Orbax writes each checkpoint into a temporary
+folder and renames it when complete, so a run killed mid-write never leaves a "latest" checkpoint
+that cannot be read. `data` holds the Grain iterator position, so a resumed run sees exactly the
+batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, max_to_keep: int = 3, save_interval_steps: int = 1000,
+                 async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=True,
+                enable_async_checkpointing=async_save))
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iter=None, force: bool = False) -> bool:
+        """Saves when `step` is on the interval (or `force`); returns whether it saved."""
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore(self, step: int, abstract_state: Any, data_iter=None) -> Any:
+        """Restores the state onto the shardings of `abstract_state` (and the iterator in place)."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_state(state: Any) -> Any:
+    """Shape/dtype/sharding skeleton of a (sharded) state, the restore target."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A workdir, its `checkpoints/` folder or one step folder -> the step folder to read.
+
+    A workdir or `checkpoints/` folder resolves to its latest complete step.
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(os.path.join(path, "state")):
+        return path
+    ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(
+        os.path.join(path, "checkpoints")) else path
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"checkpoint path {path} does not exist")
+    steps = sorted(int(n) for n in os.listdir(ckpt_dir)
+                   if n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n, "state")))
+    if not steps:
+        raise FileNotFoundError(
+            f"no checkpoint under {path}: expected a workdir with checkpoints/<step>/state, a "
+            "checkpoints folder, or a step folder containing state/")
+    return os.path.join(ckpt_dir, str(steps[-1]))
+
+
+def load_state_tree(path: str) -> dict:
+    """Reads the saved train state of `path` (see `resolve_checkpoint`) as host numpy arrays,
+    whatever the mesh it was written from."""
+    state_dir = os.path.join(resolve_checkpoint(path), "state")
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(state_dir).item_metadata
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta.tree)
+        return ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+def pretrained_backbone(path: str) -> dict:
+    """The backbone parameters stored at `path`: a pretrain run's TEACHER backbone (as
+    PersonViT fine-tunes from), else a fine-tune run's backbone."""
+    tree = load_state_tree(path)
+    for owner in ("teacher", "params"):
+        if isinstance(tree.get(owner), dict) and "backbone" in tree[owner]:
+            return tree[owner]["backbone"]
+    raise ValueError(f"{resolve_checkpoint(path)}: no backbone parameters found (expected "
+                     f"state['teacher']['backbone'] or state['params']['backbone']; top-level "
+                     f"keys: {sorted(tree)})")
+
+
+def merge_backbone(params: dict, backbone: dict, source: str, pos_grid, log=print) -> dict:
+    """Copies `backbone` into params['backbone'] (pos_embed resized when the grid differs; the
+    JPM block, if any, starts as a copy of the last block). Other mismatches are errors that name
+    the arrays; heads of the new model keep their fresh initialisation. `pos_grid` = the new
+    model's stored position-embedding grid (config.model.pos_grid)."""
+    target = params["backbone"]
+    flat_t = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(target)}
+    flat_s = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(backbone)}
+    missing = sorted(set(flat_t) - set(flat_s))
+    unexpected = sorted(set(flat_s) - set(flat_t))
+    # Tokens a fine-tune model may lack or add (mask token of pretraining, SIE of TransReID).
+    optional = ("['mask_token']", "['sie_embed']")
+    bad_missing = [k for k in missing if k not in optional]
+    if bad_missing:
+        raise ValueError(f"{source}: backbone lacks {bad_missing} (different model size or depth?)")
+    new = dict(flat_t)
+    mismatched = []
+    for k, v in flat_s.items():
+        if k not in flat_t:
+            continue
+        t = flat_t[k]
+        if k == "['pos_embed']" and v.shape != t.shape:
+            v = resize_pos_embed_tokens(np.asarray(v), tuple(pos_grid))
+            log(f"init_from: resized pos_embed {flat_s[k].shape} -> {t.shape}")
+        if v.shape != t.shape:
+            mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(t.shape)}")
+            continue
+        new[k] = jax.numpy.asarray(v, t.dtype)
+    if mismatched:
+        raise ValueError(f"{source}: shape mismatch for " + "; ".join(mismatched))
+    paths = [k for k, _ in jax.tree_util.tree_leaves_with_path(target)]
+    out = dict(params)
+    out["backbone"] = jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(target), [new[jax.tree_util.keystr(k)] for k in paths])
+    if "jpm" in params:
+        depth = sum(1 for k in backbone if k.startswith("blocks_"))
+        out["jpm"] = dict(params["jpm"], block=backbone[f"blocks_{depth - 1}"])
+        log(f"init_from: JPM block initialised from blocks_{depth - 1}")
+    log(f"init_from: loaded {len(flat_s) - len(unexpected)} backbone arrays from {source}"
+        + (f"; ignored {unexpected}" if unexpected else "")
+        + (f"; kept fresh {missing}" if missing else ""))
+    return out
+
+
+def stored_grid(num_patches: int) -> tuple[int, int]:
+    """Grid of a stored position embedding from its patch count: height = 2 x width (person
+    crops, e.g. 16x8 at 256x128) when that fits, else square (e.g. 14x14 at 224x224)."""
+    w = int(round((num_patches / 2) ** 0.5))
+    if 2 * w * w == num_patches:
+        return 2 * w, w
+    s = int(round(num_patches ** 0.5))
+    if s * s == num_patches:
+        return s, s
+    raise ValueError(f"cannot infer the grid of a stored pos_embed with {num_patches} patch "
+                     "tokens (neither h = 2w nor square)")
+
+
+def resize_pos_embed_tokens(pos_1nd: np.ndarray, new_grid) -> np.ndarray:
+    """[1, 1 + h*w, D] (CLS first) -> [1, 1 + h'*w', D] for `new_grid` = (h', w')."""
+    from personvit_jax.models.vit import resize_pos_embed
+
+    d = pos_1nd.shape[-1]
+    h, w = stored_grid(pos_1nd.shape[1] - 1)
+    grid = resize_pos_embed(jax.numpy.asarray(pos_1nd[0, 1:]).reshape(h, w, d), new_grid)
+    return np.concatenate([pos_1nd[:, :1], np.asarray(grid).reshape(1, -1, d)], axis=1)

@@ -1,0 +1,115 @@
+"""The fine-tune stage end to end: sharding invariance, kill + resume bit-exactness, main."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_SYNTHETIC
+from personvit_jax.stages import finetune
+from personvit_jax.training.checkpointing import load_state_tree
+
+
+def _params(workdir):
+    return load_state_tree(workdir)["params"]
+
+
+def _assert_trees(a, b, **tol):
+    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    assert [k for k, _ in la] == [k for k, _ in lb]
+    for (k, x), (_, y) in zip(la, lb):
+        if tol:
+            np.testing.assert_allclose(x, y, err_msg=jax.tree_util.keystr(k), **tol)
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(k))
+
+
+def test_eight_devices_equal_one(tiny_config, tmp_path):
+    assert jax.device_count() == 8
+    results = {}
+    for n in (1, 8):
+        cfg = tiny_config(**{"mesh.data": n, "optim.epochs": 1})
+        results[n] = finetune.train(cfg, str(tmp_path / f"d{n}"))
+    _assert_trees(_params(tmp_path / "d1"), _params(tmp_path / "d8"), rtol=2e-4, atol=2e-6)
+    assert results[1]["mAP"] == pytest.approx(results[8]["mAP"], abs=1e-3)
+    assert results[1]["num_valid_queries"] == results[8]["num_valid_queries"]
+
+
+def _main_cmd(workdir, data_dir, extra=()):
+    # The tiny config of conftest, as command-line overrides of configs/finetune.py:synthetic.
+    over = {"data.data_dir": data_dir, "data.image_size": "(64,32)", "data.num_ids_per_batch": 4,
+            "data.num_instances": 4, "data.pad": 4, "model.width": 64, "model.depth": 2,
+            "model.num_heads": 2, "model.patch_size": 8, "model.patch_stride": 8,
+            "model.pos_grid": "(8,4)", "eval.batch_size": 32, "log_every_steps": 5,
+            "data.synthetic.num_train_ids": TINY_SYNTHETIC["num_train_ids"],
+            "data.synthetic.num_test_ids": TINY_SYNTHETIC["num_test_ids"],
+            "data.synthetic.num_distractors": TINY_SYNTHETIC["num_distractors"],
+            "data.synthetic.num_junk": TINY_SYNTHETIC["num_junk"],
+            "data.synthetic.images_per_id": "(6,10)"}
+    return ([sys.executable, "-m", "personvit_jax.main", "--config=configs/finetune.py:synthetic",
+             f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in over.items()]
+            + list(extra))
+
+
+def _run(cmd, **kw):
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_main_end_to_end_and_kill_resume_bit_exact(tiny_data_dir, tmp_path):
+    extra = ["--config.optim.epochs=12", "--config.checkpoint_every_steps=5"]
+    # 1) uninterrupted run through main
+    full = tmp_path / "full"
+    r = _run(_main_cmd(full, tiny_data_dir, extra))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((full / "eval_results.json").read_text())
+    assert {"mAP", "mINP", "rank1", "rank5", "rank10", "num_valid_queries"} <= set(res)
+    assert 0.0 <= res["mAP"] <= 1.0 and res["num_valid_queries"] > 0
+    rows = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["split"] == "train" and "img_per_s" in r for r in rows)
+    assert os.listdir(full / "tensorboard")
+    total = res["step"]
+
+    # 2) the same run, SIGKILLed once a mid-way checkpoint exists, then restarted
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_main_cmd(killed, tiny_data_dir, extra), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = killed / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.is_dir() and any(n.isdigit() and int(n) >= 10 for n in os.listdir(ckpts)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "eval_results.json").exists()
+    r = _run(_main_cmd(killed, tiny_data_dir, extra))
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = [l for l in r.stderr.splitlines() if "resumed from" in l]
+    assert resumed, r.stderr[-3000:]
+    step = int(resumed[0].rsplit("step", 1)[1])
+    assert 10 <= step < total
+    _assert_trees(_params(full), _params(killed))  # bit-identical
+    assert json.loads((killed / "eval_results.json").read_text())["mAP"] == res["mAP"]
+
+
+def test_init_from_loads_backbone_only(tiny_config, tmp_path):
+    src = tmp_path / "src"
+    finetune.train(tiny_config(**{"optim.epochs": 1}), str(src))
+    cfg = tiny_config(**{"optim.epochs": 1, "init_from": str(src), "optim.base_lr": 0.0,
+                         "optim.warmup_factor": 0.0, "optim.final_lr_factor": 0.0})
+    finetune.train(cfg, str(tmp_path / "dst"))
+    a, b = _params(src), _params(tmp_path / "dst")
+    _assert_trees(a["backbone"], b["backbone"])  # LR 0: the loaded backbone is unchanged
+    assert not np.allclose(a["neck"]["classifier"]["kernel"], b["neck"]["classifier"]["kernel"])
+
+
+def test_init_from_errors(tiny_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        finetune.train(tiny_config(init_from=str(tmp_path / "missing")), str(tmp_path / "w"))
