@@ -1,0 +1,211 @@
+"""Tests for the synthetic Market-1501-style generator (small sets, fast)."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from personvit_jax.data import synthetic
+from personvit_jax.data.synthetic import generate_synthetic_market
+
+NAME_RE = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
+MARKET_RE = re.compile(r"([-\d]+)_c(\d)")
+SPLITS = ("bounding_box_train", "query", "bounding_box_test")
+
+SMALL = dict(num_train_ids=6, num_test_ids=6, num_cameras=4, images_per_id=(4, 7), num_distractors=5, num_junk=4)
+
+
+def _listing(root):
+    """{split: sorted file names}."""
+    return {split: sorted(os.listdir(os.path.join(root, split))) for split in SPLITS}
+
+
+def _parse(names):
+    out = []
+    for name in names:
+        m = NAME_RE.match(name)
+        assert m, name
+        pid, cam = map(int, MARKET_RE.search(name).groups())
+        assert (pid, cam) == (int(m.group(1)), int(m.group(2)))
+        out.append((pid, cam))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("syn") / "market")
+    assert generate_synthetic_market(root, seed=3, **SMALL) == root
+    return root
+
+
+def test_layout_and_names(small_set):
+    listing = _listing(small_set)
+    assert sorted(os.listdir(small_set)) == sorted([*SPLITS, "manifest.json"])
+    all_names = [n for names in listing.values() for n in names]
+    assert len(all_names) == len(set(all_names)), "file names must be unique"
+
+    parsed = {split: _parse(names) for split, names in listing.items()}
+    for items in parsed.values():
+        assert all(1 <= cam <= SMALL["num_cameras"] for _, cam in items)
+
+    train_ids = {p for p, _ in parsed["bounding_box_train"]}
+    query_ids = {p for p, _ in parsed["query"]}
+    gallery_ids = {p for p, _ in parsed["bounding_box_test"] if p > 0}
+    assert train_ids == set(range(1, 7))
+    assert query_ids == gallery_ids == set(range(7, 13))
+    assert not train_ids & gallery_ids
+    # Junk and distractors only in the gallery, with the requested counts.
+    assert all(p > 0 for p, _ in parsed["bounding_box_train"] + parsed["query"])
+    gallery_pids = [p for p, _ in parsed["bounding_box_test"]]
+    assert gallery_pids.count(0) == SMALL["num_distractors"]
+    assert gallery_pids.count(-1) == SMALL["num_junk"]
+
+    # Every id in >= 2 cameras; every query has a gallery match in another camera.
+    for pid in train_ids:
+        assert len({c for p, c in parsed["bounding_box_train"] if p == pid}) >= 2
+    for pid in query_ids:
+        query_cams = [c for p, c in parsed["query"] if p == pid]
+        gallery_cams = {c for p, c in parsed["bounding_box_test"] if p == pid}
+        assert len(query_cams) == len(set(query_cams)) >= 2, "one query per camera"
+        for cam in query_cams:
+            assert gallery_cams - {cam}, f"query {pid} c{cam} has no cross-camera match"
+
+    images_per_id = {}
+    for split in SPLITS:
+        for p, _ in parsed[split]:
+            if p > 0:
+                images_per_id[p] = images_per_id.get(p, 0) + 1
+    lo, hi = SMALL["images_per_id"]
+    assert all(lo <= n <= hi for n in images_per_id.values())
+
+
+def test_images_decode(small_set):
+    for split in SPLITS:
+        for name in _listing(small_set)[split]:
+            with Image.open(os.path.join(small_set, split, name)) as im:
+                assert im.format == "JPEG"
+                assert im.mode == "RGB"
+                assert im.size == (64, 128)
+
+
+def test_manifest(small_set):
+    with open(os.path.join(small_set, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["format"] == synthetic.FORMAT_NAME
+    assert manifest["version"] == synthetic.FORMAT_VERSION
+    assert manifest["args"]["seed"] == 3
+    assert manifest["args"]["images_per_id"] == [4, 7]
+    counts = {split: len(names) for split, names in _listing(small_set).items()}
+    assert {split: manifest["counts"][split]["images"] for split in SPLITS} == counts
+
+
+def _read_all(root):
+    return {(split, name): open(os.path.join(root, split, name), "rb").read()
+            for split, names in _listing(root).items() for name in names}
+
+
+def test_deterministic(small_set, tmp_path):
+    again = generate_synthetic_market(str(tmp_path / "again"), seed=3, **SMALL)
+    first, second = _read_all(small_set), _read_all(again)
+    assert first.keys() == second.keys()
+    assert all(first[k] == second[k] for k in first)
+    with open(os.path.join(small_set, "manifest.json"), "rb") as a, open(os.path.join(again, "manifest.json"), "rb") as b:
+        assert a.read() == b.read()
+
+    other = _read_all(generate_synthetic_market(str(tmp_path / "other"), seed=4, **SMALL))
+    common = first.keys() & other.keys()
+    assert first.keys() != other.keys() or any(first[k] != other[k] for k in common)
+    assert set(first.values()) != set(other.values())
+
+
+def test_existing_root_same_args_untouched(small_set):
+    before = {p: os.stat(p).st_mtime_ns for p in _all_paths(small_set)}
+    assert generate_synthetic_market(small_set, seed=3, **SMALL) == small_set
+    assert {p: os.stat(p).st_mtime_ns for p in _all_paths(small_set)} == before
+
+
+def _all_paths(root):
+    paths = [root]
+    for dirpath, dirnames, filenames in os.walk(root):
+        paths += [os.path.join(dirpath, n) for n in dirnames + filenames]
+    return sorted(paths)
+
+
+def test_existing_root_different_args_raises(small_set):
+    before = {p: os.stat(p).st_mtime_ns for p in _all_paths(small_set)}
+    with pytest.raises(ValueError, match="num_junk") as info:
+        generate_synthetic_market(small_set, seed=3, **{**SMALL, "num_junk": 5})
+    assert small_set in str(info.value)
+    with pytest.raises(ValueError, match="seed"):
+        generate_synthetic_market(small_set, seed=4, **SMALL)
+    assert {p: os.stat(p).st_mtime_ns for p in _all_paths(small_set)} == before
+
+
+def test_existing_root_without_manifest_raises(tmp_path):
+    root = tmp_path / "user_dir"
+    root.mkdir()
+    (root / "precious.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="manifest"):
+        generate_synthetic_market(str(root), **SMALL)
+    assert (root / "precious.txt").read_text() == "keep me"
+    assert sorted(os.listdir(root)) == ["precious.txt"]
+
+
+def test_no_temp_dirs_left(tmp_path):
+    root = tmp_path / "set"
+    generate_synthetic_market(str(root), seed=1, **{**SMALL, "num_distractors": 0, "num_junk": 0})
+    assert sorted(os.listdir(tmp_path)) == ["set"]
+    assert not any(".tmp-" in n or n.startswith(".personvit") for n in os.listdir(root))
+
+
+def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(synthetic, "_render_spec", boom)
+    with pytest.raises(RuntimeError):
+        generate_synthetic_market(str(tmp_path / "set"), **SMALL)
+    assert os.listdir(tmp_path) == []
+
+
+def test_stale_temp_dir_of_dead_process_is_cleaned(tmp_path):
+    stale = tmp_path / "set.tmp-0123abcd"
+    stale.mkdir()
+    # A pid that cannot exist (above the kernel's pid_max) marks a crashed run.
+    (stale / synthetic._INCOMPLETE_MARKER).write_text(
+        json.dumps({"pid": 2**30, "host": synthetic.socket.gethostname()}))
+    foreign = tmp_path / "set.tmp-user"  # not our pattern: left alone
+    foreign.mkdir()
+    generate_synthetic_market(str(tmp_path / "set"), **{**SMALL, "num_distractors": 0, "num_junk": 0})
+    assert sorted(os.listdir(tmp_path)) == ["set", "set.tmp-user"]
+
+
+def test_invalid_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        generate_synthetic_market(str(tmp_path / "a"), num_cameras=10)
+    with pytest.raises(ValueError):
+        generate_synthetic_market(str(tmp_path / "b"), images_per_id=(3, 5))
+    assert os.listdir(tmp_path) == []
+
+
+def test_identity_is_consistent_but_images_vary(small_set):
+    """Same attributes for a pid; different pids differ; images of a pid differ."""
+    assert synthetic.person_attributes(5, 3) == synthetic.person_attributes(5, 3)
+    assert synthetic.person_attributes(5, 3) != synthetic.person_attributes(6, 3)
+    names = [n for n in _listing(small_set)["bounding_box_train"] if n.startswith("0001_")]
+    arrays = [np.asarray(Image.open(os.path.join(small_set, "bounding_box_train", n)), dtype=np.float32)
+              for n in names]
+    assert all(np.abs(arrays[0] - a).mean() > 5 for a in arrays[1:])
+
+
+def test_cli(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    code = synthetic.main([f"--out={out}", "--num_train_ids=2", "--num_test_ids=2", "--images_per_id", "4", "4",
+                           "--num_distractors=1", "--num_junk=1", "--num_cameras=2"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "bounding_box_train" in text and "images=8" in text
+    assert synthetic.main([f"--out={out}", "--seed=9", "--num_train_ids=2", "--num_test_ids=2"]) == 2
