@@ -90,3 +90,18 @@ def test_eval_iterator_order_and_padding(tiny_splits):
     np.testing.assert_array_equal(cams, q.camids)
     first = augment.reid_test_transform(augment.load_rgb(q.paths[0]), _aug_cfg())
     np.testing.assert_array_equal(batches[0]["images"][0], first)
+
+
+def test_color_jitter():
+    x = (np.random.default_rng(0).random((16, 8, 3)) * 255).astype(np.uint8)
+    rng = np.random.default_rng(1)
+    np.testing.assert_array_equal(augment.color_jitter(x, rng, 0, 0, 0, 0), x)
+    # brightness only: one factor in [0.5, 1.5] for every pixel (up to rounding and clipping)
+    y = augment.color_jitter(x, np.random.default_rng(2), 0.5, 0, 0, 0).astype(float)
+    mask = (x > 20) & (y < 250)
+    ratios = y[mask] / x[mask]
+    assert 0.5 - 0.06 <= ratios.min() and ratios.max() <= 1.5 + 0.06
+    assert ratios.max() - ratios.min() < 0.1
+    # saturation 1 (factor in [0, 2]) and hue change colours but keep the shape and dtype
+    z = augment.color_jitter(x, np.random.default_rng(3), 0, 0, 1.0, 0.5)
+    assert z.shape == x.shape and z.dtype == np.uint8 and not np.array_equal(z, x)

@@ -47,9 +47,40 @@ def random_erasing(img_hwc: np.ndarray, rng: np.random.Generator, prob: float,
     return img_hwc
 
 
+def color_jitter(img_hwc_uint8: np.ndarray, rng: np.random.Generator, brightness: float,
+                 contrast: float, saturation: float, hue: float) -> np.ndarray:
+    """torchvision-style ColorJitter in numpy: factors drawn uniformly in [1 - x, 1 + x] (hue:
+    shift in [-hue, hue] of a turn), applied in random order. uint8 in, uint8 out."""
+    x = img_hwc_uint8.astype(np.float32)
+
+    def gray(v):
+        return (v @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+
+    def adjust(v, op):
+        if op == 0 and brightness:
+            return v * rng.uniform(1 - brightness, 1 + brightness)
+        if op == 1 and contrast:
+            f = rng.uniform(1 - contrast, 1 + contrast)
+            return gray(v).mean() * (1 - f) + v * f
+        if op == 2 and saturation:
+            f = rng.uniform(1 - saturation, 1 + saturation)
+            return gray(v) * (1 - f) + v * f
+        if op == 3 and hue:
+            hsv = np.asarray(Image.fromarray(np.clip(v, 0, 255).astype(np.uint8)).convert("HSV"))
+            hsv = hsv.copy()
+            hsv[..., 0] = (hsv[..., 0].astype(np.int32)
+                           + int(round(rng.uniform(-hue, hue) * 255))) % 256
+            return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"), np.float32)
+        return v
+
+    for op in rng.permutation(4):
+        x = np.clip(adjust(x, op), 0, 255)
+    return x.astype(np.uint8)
+
+
 def reid_train_transform(img: Image.Image, rng: np.random.Generator, cfg) -> np.ndarray:
-    """TransReID train transform: resize (bicubic) -> flip -> pad + random crop -> normalise ->
-    random erasing. Returns float32 [H, W, 3]."""
+    """TransReID train transform: resize (bicubic) -> flip -> pad + random crop -> [colour
+    jitter, off in the PersonViT recipe] -> normalise -> random erasing. float32 [H, W, 3]."""
     h, w = cfg.image_size
     x = np.asarray(img.resize((w, h), Image.BICUBIC))
     if rng.random() < cfg.flip_prob:
@@ -59,6 +90,9 @@ def reid_train_transform(img: Image.Image, rng: np.random.Generator, cfg) -> np.
         x = np.pad(x, ((p, p), (p, p), (0, 0)))  # zero (black) padding, as torchvision's Pad
         top, left = rng.integers(0, 2 * p + 1), rng.integers(0, 2 * p + 1)
         x = x[top:top + h, left:left + w]
+    cj = cfg.get("color_jitter")
+    if cj and cj.prob and rng.random() < cj.prob:
+        x = color_jitter(x, rng, cj.brightness, cj.contrast, cj.saturation, cj.hue)
     x = normalize(x, cfg.mean, cfg.std)
     return random_erasing(x, rng, cfg.erasing_prob)
 

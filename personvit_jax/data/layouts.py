@@ -160,7 +160,8 @@ def load_splits(name: str, data_dir: str, synthetic_kwargs: Optional[dict] = Non
                 ) -> dict[str, Split]:
     """{'train', 'query', 'gallery'} splits of dataset `name` found under `data_dir`.
 
-    The synthetic set is generated there first if absent (deterministic, atomic).
+    The synthetic set is generated there first if absent (deterministic, atomic), with
+    `synthetic_kwargs` as generator arguments; other datasets ignore them.
     """
     root = dataset_root(name, data_dir)
     _, layout, num_cameras = DATASETS[name]

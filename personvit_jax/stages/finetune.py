@@ -39,8 +39,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ data
     splits = layouts.load_splits(config.data.name, config.data.data_dir,
-                                 config.data.get("synthetic", {}).to_dict()
-                                 if config.data.name == "synthetic" else None)
+                                 config.data.synthetic.to_dict())
     train_split = splits["train"]
     num_classes = train_split.num_ids
     batch_size = config.data.num_ids_per_batch * config.data.num_instances
