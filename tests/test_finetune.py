@@ -34,7 +34,10 @@ def test_eight_devices_equal_one(tiny_config, tmp_path):
     assert jax.device_count() == 8
     results = {}
     for n in (1, 8):
-        cfg = tiny_config(**{"mesh.data": n, "optim.epochs": 1})
+        # SGD (the PersonViT recipe): Adam's per-parameter normalisation would magnify
+        # float reduction-order noise in near-zero parameters into visible differences.
+        cfg = tiny_config(**{"mesh.data": n, "optim.epochs": 1, "optim.name": "sgd",
+                             "optim.base_lr": 1e-2})
         results[n] = finetune.train(cfg, str(tmp_path / f"d{n}"))
     _assert_trees(_params(tmp_path / "d1"), _params(tmp_path / "d8"), rtol=2e-4, atol=2e-6)
     assert results[1]["mAP"] == pytest.approx(results[8]["mAP"], abs=1e-3)
