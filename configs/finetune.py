@@ -98,7 +98,7 @@ def get_config(arg=None):
     o.name = "sgd"  # sgd: momentum + coupled L2 decay (torch.optim.SGD); adamw: decoupled decay
     #                 on matrices only, `momentum` is Adam's beta1
     o.base_lr = 4e-4  # peak learning rate (for batch 64)
-    o.momentum = 0.9
+    o.momentum = 0.9  # SGD momentum (adamw: beta1)
     o.weight_decay = 1e-4  # on weights (incl. LayerNorm scales, cls token, position embedding)
     o.weight_decay_bias = 1e-4  # on biases
     o.bias_lr_factor = 2.0  # biases learn at 2 x LR

@@ -25,9 +25,7 @@ def pairwise_distances(qf_qd: np.ndarray, gf_gd: np.ndarray, metric: str = "eucl
         d = (np.sum(qf ** 2, 1)[:, None] + np.sum(gf ** 2, 1)[None, :] - 2.0 * qf @ gf.T)
         return np.maximum(d, 0.0)
     if metric == "cosine":
-        qn = qf / np.maximum(np.linalg.norm(qf, axis=1, keepdims=True), 1e-12)
-        gn = gf / np.maximum(np.linalg.norm(gf, axis=1, keepdims=True), 1e-12)
-        return 1.0 - qn @ gn.T
+        return 1.0 - l2_normalize(qf) @ l2_normalize(gf).T
     raise ValueError(f"metric={metric!r}: expected 'euclidean' or 'cosine'")
 
 

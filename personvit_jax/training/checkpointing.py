@@ -16,6 +16,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from personvit_jax.models.vit import resize_pos_embed
+
 
 class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 3, save_interval_steps: int = 1000,
@@ -156,8 +158,6 @@ def stored_grid(num_patches: int) -> tuple[int, int]:
 
 def resize_pos_embed_tokens(pos_1nd: np.ndarray, new_grid) -> np.ndarray:
     """[1, 1 + h*w, D] (CLS first) -> [1, 1 + h'*w', D] for `new_grid` = (h', w')."""
-    from personvit_jax.models.vit import resize_pos_embed
-
     d = pos_1nd.shape[-1]
     h, w = stored_grid(pos_1nd.shape[1] - 1)
     grid = resize_pos_embed(jax.numpy.asarray(pos_1nd[0, 1:]).reshape(h, w, d), new_grid)

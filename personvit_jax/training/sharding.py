@@ -6,7 +6,7 @@ jitted step runs unchanged on 1 device, N local devices or N hosts.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
@@ -47,7 +47,3 @@ def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
     sharding = batch_sharded(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
             for k, v in local_batch.items()}
-
-
-def put_replicated(tree: Any, mesh: Mesh) -> Any:
-    return jax.device_put(tree, replicated(mesh))
