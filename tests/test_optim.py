@@ -1,0 +1,86 @@
+"""Schedules and the fine-tune optimizer against hand-computed values."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from personvit_jax.training.optim import finetune_lr_schedule, make_finetune_optimizer, warmup_cosine
+
+
+def _optim_cfg(**kw):
+    c = dict(name="sgd", base_lr=4e-4, momentum=0.9, weight_decay=1e-4, weight_decay_bias=1e-4,
+             bias_lr_factor=2.0, epochs=120, warmup_epochs=20, warmup_factor=0.01,
+             final_lr_factor=0.002, per_epoch_schedule=True)
+    c.update(kw)
+    return ml_collections.ConfigDict(c)
+
+
+def test_finetune_lr_schedule_per_epoch():
+    sched = finetune_lr_schedule(_optim_cfg(), steps_per_epoch=10)
+    lr0, init = 4e-4, 4e-6
+    # epoch e (0-based) uses TransReID's 1-based scheduler epoch t = e + 1
+    assert float(sched(0)) == pytest.approx(init + 1 * (lr0 - init) / 20)
+    assert float(sched(9)) == float(sched(0))  # constant within an epoch
+    assert float(sched(18 * 10)) == pytest.approx(init + 19 * (lr0 - init) / 20)
+    t = 20  # first cosine epoch (e = 19)
+    cos = 0.002 * lr0 + 0.5 * (lr0 - 0.002 * lr0) * (1 + math.cos(math.pi * t / 120))
+    assert float(sched(19 * 10)) == pytest.approx(cos, rel=1e-5)
+    assert float(sched(119 * 10 + 5)) == pytest.approx(0.002 * lr0, rel=1e-5)  # last epoch
+
+
+def test_warmup_cosine_serves_ibot_schedules():
+    # EMA momentum 0.996 -> 1 (cosine, no warm-up)
+    ema = lambda s: float(warmup_cosine(s, base=0.996, total=1000, warmup=0, warmup_start=0,
+                                        final=1.0))
+    assert ema(0) == pytest.approx(0.996) and ema(1000) == pytest.approx(1.0)
+    assert ema(500) == pytest.approx(0.998)
+    # teacher temperature 0.04 -> 0.07 linearly over 30 epochs, then constant
+    temp = lambda e: float(warmup_cosine(e, base=0.07, total=300, warmup=30, warmup_start=0.04,
+                                         final=0.07))
+    assert temp(0) == pytest.approx(0.04) and temp(15) == pytest.approx(0.055)
+    assert temp(30) == pytest.approx(0.07) and temp(299) == pytest.approx(0.07)
+    # weight decay 0.04 -> 0.4 cosine
+    wd = lambda s: float(warmup_cosine(s, base=0.04, total=100, warmup=0, warmup_start=0,
+                                       final=0.4))
+    assert wd(0) == pytest.approx(0.04) and wd(50) == pytest.approx(0.22) and wd(100) == pytest.approx(0.4)
+
+
+def test_sgd_matches_torch_update_rule():
+    """torch.optim.SGD: buf = m * buf + (g + wd * p); p -= lr_group * buf; biases lr x 2."""
+    cfg = _optim_cfg(per_epoch_schedule=False, warmup_epochs=0, epochs=1000, base_lr=0.1,
+                     final_lr_factor=1.0, weight_decay=0.01, weight_decay_bias=0.02)
+    tx, sched = make_finetune_optimizer(cfg, steps_per_epoch=1)
+    params = {"dense": {"kernel": jnp.array([[1.0, -2.0]]), "bias": jnp.array([0.5])}}
+    grads = [{"dense": {"kernel": jnp.array([[0.3, 0.1]]), "bias": jnp.array([-0.2])}},
+             {"dense": {"kernel": jnp.array([[-0.1, 0.4]]), "bias": jnp.array([0.1])}}]
+    state = tx.init(params)
+    p_ref = jax.tree.map(np.asarray, params)
+    buf = jax.tree.map(np.zeros_like, p_ref)
+    for step, g in enumerate(grads):
+        upd, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, upd)
+        lr = float(sched(step))
+        for name, wd, factor in (("kernel", 0.01, 1.0), ("bias", 0.02, 2.0)):
+            d = np.asarray(g["dense"][name]) + wd * p_ref["dense"][name]
+            buf["dense"][name] = 0.9 * buf["dense"][name] + d
+            p_ref["dense"][name] = p_ref["dense"][name] - factor * lr * buf["dense"][name]
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(params["dense"][name], p_ref["dense"][name], rtol=1e-6)
+
+
+def test_adamw_decays_matrices_only_and_rejects_unknown():
+    cfg = _optim_cfg(name="adamw", bias_lr_factor=1.0, weight_decay=0.5, warmup_epochs=0,
+                     final_lr_factor=1.0, per_epoch_schedule=False)
+    tx, _ = make_finetune_optimizer(cfg, steps_per_epoch=1)
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2), "scale": jnp.ones(2)}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    upd, _ = tx.update(zero, tx.init(params), params)
+    assert float(jnp.abs(upd["kernel"]).max()) > 0  # decoupled decay with zero gradient
+    assert float(jnp.abs(upd["bias"]).max()) == 0 and float(jnp.abs(upd["scale"]).max()) == 0
+    with pytest.raises(ValueError, match="'lamb'"):
+        make_finetune_optimizer(_optim_cfg(name="lamb"), 1)
