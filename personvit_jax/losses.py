@@ -67,3 +67,50 @@ def reid_loss(outputs: dict[str, jax.Array], labels_b: jax.Array, *, id_weight: 
     acc = jnp.mean(jnp.argmax(logits[:, 0], -1) == labels_b)
     total = id_weight * ids + triplet_weight * tri
     return total, {"loss": total, "id_loss": ids, "triplet_loss": tri, "id_accuracy": acc}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining (iBOT): self-distillation on the CLS token and masked patch tokens.
+# Teacher targets are centred, sharpened softmaxes and carry no gradient.
+# ---------------------------------------------------------------------------------------------
+
+
+def teacher_probs(teacher_logits: jax.Array, center: jax.Array, temp) -> jax.Array:
+    """softmax((t - center) / temp) over the last axis, without gradient."""
+    t = (teacher_logits.astype(jnp.float32) - center) / temp
+    return jax.lax.stop_gradient(jax.nn.softmax(t, axis=-1))
+
+
+def cls_distillation(student_vbk: jax.Array, teacher_gbk: jax.Array, center_1k: jax.Array,
+                     student_temp: float, teacher_temp) -> jax.Array:
+    """DINO/iBOT CLS loss: teacher global crop q vs every student crop v != q, averaged over
+    pairs (and images). student [V, B, K] (the G global crops first, then locals), teacher
+    [G, B, K]."""
+    g, v = teacher_gbk.shape[0], student_vbk.shape[0]
+    t = teacher_probs(teacher_gbk, center_1k, teacher_temp)
+    log_s = jax.nn.log_softmax(student_vbk.astype(jnp.float32) / student_temp, axis=-1)
+    ce_qv = -jnp.einsum("qbk,vbk->qv", t, log_s) / t.shape[1]  # [G, V] mean over images
+    other_view = jnp.arange(g)[:, None] != jnp.arange(v)[None, :]
+    return jnp.sum(jnp.where(other_view, ce_qv, 0.0)) / jnp.sum(other_view)
+
+
+def masked_patch_distillation(student_gbnk: jax.Array, teacher_gbnk: jax.Array,
+                              masks_gbn: jax.Array, center_1k: jax.Array, student_temp: float,
+                              teacher_temp) -> jax.Array:
+    """iBOT MIM loss: for each global crop, the student's patch distribution at masked
+    positions vs the teacher's (unmasked view) at the same positions. Per image: mean over its
+    masked patches (0 when none are masked); then mean over images and crops, as iBOT."""
+    t = teacher_probs(teacher_gbnk, center_1k, teacher_temp)
+    log_s = jax.nn.log_softmax(student_gbnk.astype(jnp.float32) / student_temp, axis=-1)
+    ce = -jnp.sum(t * log_s, axis=-1)  # [G, B, N]
+    m = masks_gbn.astype(jnp.float32)
+    per_image = jnp.sum(ce * m, -1) / jnp.maximum(jnp.sum(m, -1), 1.0)  # [G, B]
+    return per_image.mean()
+
+
+def update_center(center_1k: jax.Array, teacher_logits: jax.Array, momentum: float) -> jax.Array:
+    """EMA of the mean teacher output over every leading axis (crops, batch, patches). Under jit
+    the mean is over the GLOBAL batch, whatever the sharding."""
+    k = teacher_logits.shape[-1]
+    batch_center = jnp.mean(teacher_logits.astype(jnp.float32).reshape(-1, k), axis=0)
+    return center_1k * momentum + batch_center[None] * (1.0 - momentum)

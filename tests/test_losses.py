@@ -54,3 +54,64 @@ def test_reid_loss_jpm_weighting():
     np.testing.assert_allclose(total, exp_id + exp_tri, rtol=1e-5)
     total1, _ = reid_loss({"logits": logits[:, :1], "feats": feats[:, :1]}, y, id_weight=2.0)
     np.testing.assert_allclose(total1, 2 * ids[0] + tri[0], rtol=1e-5)
+
+
+# ------------------------------------------------------------------ pretraining losses
+from personvit_jax.losses import (cls_distillation, masked_patch_distillation,  # noqa: E402
+                                  teacher_probs, update_center)
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_teacher_probs_centre_and_sharpen():
+    t = jnp.array([[1.0, 2.0, 3.0]])
+    c = jnp.array([[1.0, 1.0, 0.0]])
+    np.testing.assert_allclose(teacher_probs(t, c, 0.5), _softmax(np.array([[0.0, 2.0, 6.0]])),
+                               rtol=1e-6)
+
+
+def test_cls_distillation_pairs_by_hand():
+    rng = np.random.default_rng(0)
+    v, g, b, k = 4, 2, 3, 5  # 2 global + 2 local student crops
+    s = rng.normal(size=(v, b, k)).astype(np.float32)
+    t = rng.normal(size=(g, b, k)).astype(np.float32)
+    c = rng.normal(size=(1, k)).astype(np.float32)
+    st, tt = 0.1, 0.04
+    terms = []
+    for q in range(g):
+        tq = _softmax((t[q] - c) / tt)
+        for vi in range(v):
+            if vi == q:
+                continue
+            log_s = np.log(_softmax(s[vi] / st))
+            terms.append(np.mean(np.sum(-tq * log_s, -1)))
+    assert len(terms) == g * v - g
+    np.testing.assert_allclose(cls_distillation(s, t, c, st, tt), np.mean(terms), rtol=1e-5)
+
+
+def test_masked_patch_distillation_by_hand():
+    rng = np.random.default_rng(1)
+    g, b, n, k = 2, 2, 4, 3
+    s = rng.normal(size=(g, b, n, k)).astype(np.float32)
+    t = rng.normal(size=(g, b, n, k)).astype(np.float32)
+    c = np.zeros((1, k), np.float32)
+    masks = np.zeros((g, b, n), bool)
+    masks[0, 0, [1, 3]] = True
+    masks[1, 1, [0]] = True  # images (0, 1) and (1, 0) are unmasked: they contribute 0
+    ce = -np.sum(_softmax(t / 0.07) * np.log(_softmax(s / 0.1)), -1)
+    per_image = np.array([[ce[0, 0, [1, 3]].mean(), 0.0], [0.0, ce[1, 1, 0]]])
+    got = masked_patch_distillation(s, t, masks, c, 0.1, 0.07)
+    np.testing.assert_allclose(got, per_image.mean(), rtol=1e-5)
+    # the student's unmasked positions get no gradient
+    import jax
+    grad = jax.grad(lambda x: masked_patch_distillation(x, t, masks, c, 0.1, 0.07))(jnp.asarray(s))
+    assert np.all(np.asarray(grad)[~masks] == 0) and np.any(np.asarray(grad)[masks] != 0)
+
+
+def test_update_center():
+    c = jnp.zeros((1, 2))
+    t = jnp.array([[[1.0, 3.0], [3.0, 5.0]]])  # [crops=1, B=2, K=2]: mean (2, 4)
+    np.testing.assert_allclose(update_center(c, t, 0.9), [[0.2, 0.4]], rtol=1e-6)

@@ -1,7 +1,5 @@
-"""Heads on top of the ViT: the ReID BNNeck classifier and TransReID's jigsaw patch module (JPM).
-
-(The iBOT/DINO projection head for pretraining lives here too once the pretraining stage exists.)
-"""
+"""Heads on top of the ViT: the ReID BNNeck classifier, TransReID's jigsaw patch module (JPM)
+and the iBOT/DINO projection head of pretraining."""
 
 from __future__ import annotations
 
@@ -73,3 +71,62 @@ class JPM(nn.Module):
         x = Block(d, self.num_heads, 4.0, self.drop_path_rate, name="block")(x, train)
         x = nn.LayerNorm(epsilon=LN_EPS, name="norm")(x[:, 0])
         return x.reshape(b, g, d)
+
+
+class WeightNormDense(nn.Module):
+    """Bias-free linear layer with weight normalisation, W = g * v / ||v|| per output unit
+    (PyTorch `weight_norm(Linear)`, dim 0). `learn_norm=False` fixes g = 1 (DINO's
+    norm_last_layer), which keeps the output scale bounded and stabilises training.
+
+    Params: `weight_v` [in, out]; `weight_g` [1, out] only when the norm is learned.
+    """
+
+    features: int
+    learn_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x_bd: jax.Array) -> jax.Array:
+        v = self.param("weight_v", nn.initializers.truncated_normal(stddev=0.02),
+                       (x_bd.shape[-1], self.features))
+        w = v / jnp.maximum(jnp.linalg.norm(v, axis=0, keepdims=True), 1e-12)
+        if self.learn_norm:
+            w = w * self.param("weight_g", nn.initializers.ones, (1, self.features))
+        return x_bd @ w
+
+
+class IBOTHead(nn.Module):
+    """iBOT/DINO projection head applied to every token: 3-layer MLP (GELU) -> bottleneck ->
+    L2-normalise -> weight-normalised linear to `out_dim` logits.
+
+    Input tokens [B, T, D] (CLS first); returns (cls_logits [B, out_dim], patch_logits
+    [B, T - 1, patch_out_dim]). With `shared_head` the patch tokens go through the same layers
+    (iBOT's shared head; then patch_out_dim must equal out_dim); otherwise through their own
+    last layer (`last_layer_patch`), sharing the MLP.
+    """
+
+    out_dim: int = 8192
+    patch_out_dim: int = 8192
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    num_layers: int = 3
+    shared_head: bool = True
+    learn_last_norm: bool = False
+
+    @nn.compact
+    def __call__(self, tokens_btd: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if self.shared_head and self.patch_out_dim != self.out_dim:
+            raise ValueError(f"a shared head needs patch_out_dim == out_dim, got "
+                             f"{self.patch_out_dim} != {self.out_dim}")
+        dense = lambda n, name: nn.Dense(n, kernel_init=nn.initializers.truncated_normal(0.02),
+                                         name=name)
+        x = tokens_btd.astype(jnp.float32)
+        for i in range(self.num_layers - 1):
+            x = nn.gelu(dense(self.hidden_dim, f"mlp_{i}")(x), approximate=False)
+        x = dense(self.bottleneck_dim, f"mlp_{self.num_layers - 1}")(x)
+        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        last = WeightNormDense(self.out_dim, self.learn_last_norm, name="last_layer")
+        if self.shared_head:
+            return last(x[:, 0]), last(x[:, 1:])
+        patch_last = WeightNormDense(self.patch_out_dim, self.learn_last_norm,
+                                     name="last_layer_patch")
+        return last(x[:, 0]), patch_last(x[:, 1:])
