@@ -69,3 +69,39 @@ def tiny_splits(tiny_data_dir):
     from personvit_jax.data import layouts
 
     return layouts.load_splits("synthetic", tiny_data_dir, TINY_SYNTHETIC)
+
+
+def tiny_pretrain_config(data_dir, **overrides):
+    """configs/pretrain.py:synthetic shrunk to seconds on the tiny set."""
+    sys.path.insert(0, os.path.join(REPO, "configs"))
+    import importlib
+
+    c = importlib.import_module("pretrain").get_config("synthetic")
+    c.data.data_dir = c.monitor.data_dir = data_dir
+    c.data.synthetic = dict(TINY_SYNTHETIC)
+    c.data.batch_size = 8
+    c.data.global_size, c.data.local_size = (64, 32), (32, 16)
+    c.data.num_local_crops = 2
+    c.model.width, c.model.depth, c.model.num_heads = 64, 2, 2
+    c.model.patch_size = c.model.patch_stride = 8
+    c.model.pos_grid = (8, 4)
+    c.head.out_dim = c.head.patch_out_dim = 64
+    c.head.hidden_dim, c.head.bottleneck_dim = 32, 16
+    c.optim.epochs = 2
+    c.monitor.every_epochs = 0
+    c.monitor.batch_size = 32
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 2
+    c.keep_checkpoints = 100
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+@pytest.fixture
+def tiny_pt_config(tiny_data_dir):
+    return lambda **kw: tiny_pretrain_config(tiny_data_dir, **kw)

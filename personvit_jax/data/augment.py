@@ -101,3 +101,62 @@ def reid_test_transform(img: Image.Image, cfg) -> np.ndarray:
     """Test transform: resize (bilinear) -> normalise. float32 [H, W, 3]."""
     h, w = cfg.image_size
     return normalize(np.asarray(img.resize((w, h), Image.BILINEAR)), cfg.mean, cfg.std)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining multi-crop (DINO/iBOT, person aspect ratio): 2 global + N local crops.
+# ---------------------------------------------------------------------------------------------
+
+
+def random_resized_crop(img: Image.Image, rng: np.random.Generator, out_hw: Sequence[int],
+                        scale: Sequence[float], ratio: Sequence[float] = (3 / 4, 4 / 3),
+                        attempts: int = 10) -> Image.Image:
+    """torchvision RandomResizedCrop: a box of `scale` x the area and log-uniform w/h `ratio`,
+    resized (bicubic) to out_hw; falls back to the whole image."""
+    w, h = img.size
+    area = w * h
+    box = (0, 0, w, h)
+    for _ in range(attempts):
+        target = area * rng.uniform(*scale)
+        ar = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            box = (left, top, left + cw, top + ch)
+            break
+    return img.resize((out_hw[1], out_hw[0]), Image.BICUBIC, box=box)
+
+
+def multicrop_view(img: Image.Image, rng: np.random.Generator, out_hw: Sequence[int],
+                   scale: Sequence[float], blur_prob: float, solarize_prob: float,
+                   cfg) -> np.ndarray:
+    """One DINO view: resized crop -> flip -> colour jitter (p 0.8) -> grayscale (p 0.2) ->
+    Gaussian blur -> solarise -> normalise. float32 [h, w, 3]."""
+    from PIL import ImageFilter, ImageOps
+
+    view = random_resized_crop(img, rng, out_hw, scale)
+    if rng.random() < 0.5:
+        view = view.transpose(Image.FLIP_LEFT_RIGHT)
+    cj = cfg.color_jitter
+    x = np.asarray(view)
+    if rng.random() < cj.prob:
+        x = color_jitter(x, rng, cj.brightness, cj.contrast, cj.saturation, cj.hue)
+    if rng.random() < cfg.grayscale_prob:
+        x = np.repeat((x @ np.array([0.299, 0.587, 0.114]))[..., None], 3, -1).astype(np.uint8)
+    view = Image.fromarray(x)
+    if rng.random() < blur_prob:
+        view = view.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.1, 2.0)))
+    if rng.random() < solarize_prob:
+        view = ImageOps.solarize(view, threshold=128)
+    return normalize(np.asarray(view), cfg.mean, cfg.std)
+
+
+def multicrop(img: Image.Image, rng: np.random.Generator, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """(global [2, H, W, 3], local [L, h, w, 3]); blur p 1.0 / 0.1 on the two global views and
+    0.5 on locals, solarisation p 0.2 on the second global view (BYOL/DINO asymmetry)."""
+    g = [multicrop_view(img, rng, cfg.global_size, cfg.global_scale, 1.0, 0.0, cfg),
+         multicrop_view(img, rng, cfg.global_size, cfg.global_scale, 0.1, cfg.solarize_prob, cfg)]
+    loc = [multicrop_view(img, rng, cfg.local_size, cfg.local_scale, 0.5, 0.0, cfg)
+           for _ in range(cfg.num_local_crops)]
+    local = np.stack(loc) if loc else np.zeros((0, *cfg.local_size, 3), np.float32)
+    return np.stack(g), local

@@ -124,3 +124,90 @@ def eval_iterator(split: Split, data_cfg, batch_size: int, process_index: int = 
     ds = grain.MapDataset.range(num_batches).map(EvalBatchLoader(split, data_cfg, batch_size, local))
     return _iter(ds, data_cfg.num_workers if num_workers is None else num_workers,
                  data_cfg.prefetch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretraining: unlabeled images, multi-crop views and student masks.
+# ---------------------------------------------------------------------------------------------
+
+
+class PretrainBatchLoader:
+    """Step -> this process's part of the step's multi-crop batch.
+
+    Images are visited epoch by epoch in a permutation drawn from (seed, epoch). Output:
+    global [b, 2, H, W, 3], local [b, L, h, w, 3] float32, masks [b, 2, N] bool (student global
+    crops; N = patches of a global crop), indices [b] int32.
+    """
+
+    def __init__(self, paths: list[str], aug_cfg, mask_cfg, mask_grid, batch_size: int,
+                 seed: int, local: slice):
+        self.paths, self.aug_cfg, self.mask_cfg = paths, aug_cfg, mask_cfg
+        self.mask_grid, self.batch_size, self.seed, self.local = (
+            tuple(mask_grid), batch_size, seed, local)
+        self.steps_per_epoch = len(paths) // batch_size
+
+    def batch_indices(self, step: int) -> np.ndarray:
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        perm = np.random.default_rng([self.seed, epoch, 2]).permutation(len(self.paths))
+        return perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        from personvit_jax.data.masking import image_mask
+
+        idx = self.batch_indices(step)
+        m = self.mask_cfg
+        g, l, masks = [], [], []
+        for pos in np.arange(len(idx))[self.local]:
+            rng = np.random.default_rng([self.seed, step, pos, 3])
+            gv, lv = augment.multicrop(augment.load_rgb(self.paths[idx[pos]]), rng, self.aug_cfg)
+            g.append(gv)
+            l.append(lv)
+            masks.append(np.stack([
+                image_mask(self.mask_grid, rng, m.ratio, m.ratio_var, m.masked_fraction,
+                           m.min_block, m.min_aspect) for _ in range(2)]))
+        return {"global": np.stack(g), "local": np.stack(l), "masks": np.stack(masks),
+                "indices": idx[self.local].astype(np.int32)}
+
+
+def pretrain_iterator(paths: list[str], data_cfg, mask_cfg, mask_grid, batch_size: int,
+                      num_steps: int, seed: int, process_index: int = 0,
+                      process_count: int = 1) -> grain.IterDataset:
+    if len(paths) < batch_size:
+        raise ValueError(f"pretraining needs at least one batch of images: found {len(paths)}, "
+                         f"batch size {batch_size}")
+    local = process_slice(batch_size, process_index, process_count)
+    loader = PretrainBatchLoader(paths, data_cfg, mask_cfg, mask_grid, batch_size, seed, local)
+    ds = grain.MapDataset.range(num_steps).map(loader)
+    return _iter(ds, data_cfg.num_workers, data_cfg.prefetch)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def image_folder_index(root: str, cache_path: str) -> list[str]:
+    """All images under `root` (recursive, sorted), listed once and cached in `cache_path`
+    (first line: the root) so a restart of a run over millions of files does not re-list."""
+    import os
+
+    root = os.path.abspath(root)
+    if os.path.isfile(cache_path):
+        with open(cache_path) as f:
+            lines = f.read().splitlines()
+        if lines and lines[0] == root:
+            return lines[1:]
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"unlabeled image folder {root} does not exist: put person crops there (any "
+            "sub-folder tree of .jpg/.png files, e.g. LUPerson) or point --config.data.root at them")
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        paths.extend(os.path.join(dirpath, n) for n in sorted(filenames)
+                     if n.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise ValueError(f"{root}: no .jpg/.png images found")
+    tmp = f"{cache_path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write("\n".join([root] + paths) + "\n")
+    os.replace(tmp, cache_path)  # atomic: a half-written index is never read
+    return paths

@@ -10,15 +10,19 @@ import optax
 
 
 def warmup_cosine(t, *, base: float, total: float, warmup: float, warmup_start: float,
-                  final: float):
+                  final: float, cosine_after_warmup: bool = False):
     """Linear warm-up from `warmup_start` to `base` over t in [0, warmup], then cosine from
-    `base` (at t = 0 of the cosine clock, as timm's CosineLRScheduler) to `final` at t = total.
+    `base` to `final` at t = total.
 
-    `t` is in any unit (epochs, steps); scalar or array, numpy or jax.
+    The cosine clock starts at t = 0 (timm's CosineLRScheduler, used for fine-tuning) or, with
+    `cosine_after_warmup`, at t = warmup (DINO/iBOT's cosine_scheduler). `t` is in any unit
+    (epochs, steps); scalar or array.
     """
     t = jnp.asarray(t, jnp.float32)
     ramp = warmup_start + t * (base - warmup_start) / max(warmup, 1e-12)
-    cos = final + 0.5 * (base - final) * (1.0 + jnp.cos(math.pi * jnp.minimum(t, total) / total))
+    start = warmup if cosine_after_warmup else 0.0
+    frac = jnp.clip((t - start) / max(total - start, 1e-12), 0.0, 1.0)
+    cos = final + 0.5 * (base - final) * (1.0 + jnp.cos(math.pi * frac))
     return jnp.where(t < warmup, ramp, cos)
 
 
@@ -79,3 +83,39 @@ def make_finetune_optimizer(optim_cfg, steps_per_epoch: int
     tx = optax.chain(direction, optax.scale_by_learning_rate(schedule),
                      optax.masked(optax.scale(o.bias_lr_factor), bias_mask))
     return tx, schedule
+
+
+def add_scheduled_weight_decay(schedule: optax.Schedule, mask) -> optax.GradientTransformation:
+    """Decoupled weight decay whose coefficient follows `schedule(step)`, on params where the
+    bool pytree `mask` is True (optax's add_decayed_weights takes a constant only)."""
+
+    def init(params):
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params):
+        wd = schedule(state.count)
+        updates = jax.tree.map(lambda u, p, m: u + wd * p if m else u, updates, params, mask)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_pretrain_optimizer(optim_cfg, params, batch_size: int, steps_per_epoch: int):
+    """iBOT AdamW: LR = base_lr x batch / 256 with linear warm-up from 0 then cosine to min_lr,
+    weight decay cosine from weight_decay to weight_decay_end (not on biases / norms), global
+    gradient clipping. Returns (tx, {name: schedule of the step})."""
+    o = optim_cfg
+    total = o.epochs * steps_per_epoch
+    lr = lambda s: warmup_cosine(s, base=o.base_lr * batch_size / 256, total=total,
+                                 warmup=o.warmup_epochs * steps_per_epoch, warmup_start=0.0,
+                                 final=o.min_lr, cosine_after_warmup=True)
+    wd = lambda s: warmup_cosine(s, base=o.weight_decay, total=total, warmup=0, warmup_start=0.0,
+                                 final=o.weight_decay_end)
+    ema = lambda s: warmup_cosine(s, base=o.ema_momentum, total=total, warmup=0,
+                                  warmup_start=0.0, final=o.ema_momentum_end)
+    tx = optax.chain(
+        optax.clip_by_global_norm(o.clip_grad) if o.clip_grad else optax.identity(),
+        optax.scale_by_adam(b1=0.9, b2=0.999),
+        add_scheduled_weight_decay(wd, decay_mask(params)),
+        optax.scale_by_learning_rate(lr))
+    return tx, {"lr": lr, "weight_decay": wd, "ema_momentum": ema}

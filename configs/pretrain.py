@@ -1,0 +1,149 @@
+r"""Self-supervised pretraining (iBOT recipe on person crops, as PersonViT).
+
+Launch (LUPerson or any folder tree of person crops under data/LUPerson):
+  python -m personvit_jax.main --config=configs/pretrain.py:model=vit_small --workdir=runs/pt_vits
+CPU-sized run on the built-in synthetic person set (its train images, labels unused):
+  python -m personvit_jax.main --config=configs/pretrain.py:synthetic --workdir=runs/pt_synthetic
+Then fine-tune from the TEACHER backbone:
+  python -m personvit_jax.main --config=configs/finetune.py:synthetic --workdir=runs/ft \
+      --config.init_from=runs/pt_synthetic
+
+`arg`: `model=` vit_tiny | vit_small | vit_base, and the flag `synthetic`.
+"""
+
+import ml_collections
+
+
+def _parse_arg(arg):
+    out = {"model": "vit_small", "synthetic": False}
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key == "synthetic" and not value:
+            out["synthetic"] = True
+        elif key == "model" and value:
+            out["model"] = value
+        else:
+            raise ValueError(f"configs/pretrain.py: unknown config argument {item!r}; expected "
+                             "model=NAME or synthetic")
+    return out
+
+
+def get_config(arg=None):
+    args = _parse_arg(arg)
+    c = ml_collections.ConfigDict()
+    c.stage = "pretrain"  # selects personvit_jax.stages.pretrain.train
+    c.seed = 0  # seeds init, drop path, epoch permutations, crops and masks
+    c.init_from = ""  # start the student AND teacher from this run's backbone ('' = scratch)
+
+    # ---------------------------------------------------------------- data
+    c.data = d = ml_collections.ConfigDict()
+    d.name = "folder"  # folder: every image under `root`; synthetic: the synthetic train split
+    d.root = "data/LUPerson"  # unlabeled person crops (any sub-folder tree of .jpg/.png)
+    d.data_dir = "data"  # where the synthetic set lives / is generated (name=synthetic)
+    d.synthetic = ml_collections.ConfigDict({  # generator arguments (name=synthetic)
+        "seed": 0, "num_train_ids": 450, "num_test_ids": 150, "images_per_id": (4, 8),
+        "num_distractors": 300, "num_junk": 100})
+    d.batch_size = 64  # global batch (images; each gives 2 global + num_local_crops views)
+    d.global_size = (256, 128)  # global crop (height, width)
+    d.global_scale = (0.4, 1.0)  # area fraction of a global crop
+    d.local_size = (128, 64)  # local crop (height, width)
+    d.local_scale = (0.05, 0.4)  # area fraction of a local crop
+    d.num_local_crops = 8  # local crops per image
+    d.color_jitter = ml_collections.ConfigDict(  # DINO: p 0.8, (0.4, 0.4, 0.2, 0.1)
+        {"prob": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1})
+    d.grayscale_prob = 0.2  # random grayscale
+    d.solarize_prob = 0.2  # solarisation of the second global crop
+    d.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation, as iBOT/PersonViT pretraining
+    d.std = (0.229, 0.224, 0.225)
+    d.num_workers = 0  # Grain worker processes (0 = threads only)
+    d.prefetch = 2  # batches prepared ahead
+
+    # ---------------------------------------------------------------- masking (student globals)
+    c.mask = k = ml_collections.ConfigDict()
+    k.ratio = 0.3  # mean masking ratio of a masked image (iBOT pred_ratio)
+    k.ratio_var = 0.2  # ratio drawn from U(ratio - var, ratio + var)
+    k.masked_fraction = 0.5  # fraction of images that are masked at all (others: ratio 0)
+    k.min_block = 4  # smallest block, in patches
+    k.min_aspect = 0.3  # block aspect ratio in (min_aspect, 1 / min_aspect)
+
+    # ---------------------------------------------------------------- model
+    c.model = m = ml_collections.ConfigDict()
+    m.name = args["model"]  # vit_tiny | vit_small | vit_base
+    m.depth = 0  # 0 = standard depth (12)
+    m.width = 0  # 0 = standard width of `name`
+    m.num_heads = 0  # 0 = standard heads of `name`
+    m.patch_size = 16  # patch side
+    m.patch_stride = 16  # patch stride
+    m.pos_grid = (16, 8)  # stored position-embedding grid (= global crop grid)
+    m.drop_path_rate = 0.1  # stochastic depth of the STUDENT (teacher: none)
+    m.compute_dtype = "float32"  # float32 | bfloat16
+
+    # ---------------------------------------------------------------- head
+    c.head = h = ml_collections.ConfigDict()
+    h.out_dim = 8192  # CLS prototypes
+    h.patch_out_dim = 8192  # patch prototypes (== out_dim with a shared head)
+    h.hidden_dim = 2048  # MLP hidden width (3 layers, GELU)
+    h.bottleneck_dim = 256  # bottleneck before L2 normalisation
+    h.shared_head = True  # same head for CLS and patch tokens
+    h.norm_last_layer = True  # fix the weight-norm g of the last layer at 1
+    h.freeze_last_layer_epochs = 1  # no updates of the last layer during the first epoch(s)
+
+    # ---------------------------------------------------------------- loss
+    c.loss = l = ml_collections.ConfigDict()
+    l.student_temp = 0.1  # student softmax temperature
+    l.teacher_temp = 0.07  # teacher temperature after warm-up (CLS)
+    l.teacher_patch_temp = 0.07  # teacher temperature after warm-up (patches)
+    l.warmup_teacher_temp = 0.04  # teacher temperature at epoch 0 (CLS and patches)
+    l.warmup_teacher_temp_epochs = 30  # linear teacher-temperature warm-up
+    l.center_momentum = 0.9  # EMA momentum of the CLS and patch centres
+    l.cls_weight = 1.0  # lambda1: CLS self-distillation
+    l.patch_weight = 1.0  # lambda2: masked patch distillation
+
+    # ---------------------------------------------------------------- optimisation
+    c.optim = o = ml_collections.ConfigDict()
+    o.base_lr = 5e-4  # peak LR for batch 256; scaled by batch_size / 256
+    o.min_lr = 1e-6  # cosine end
+    o.warmup_epochs = 10  # linear LR warm-up from 0
+    o.weight_decay = 0.04  # start of the cosine weight-decay schedule
+    o.weight_decay_end = 0.4  # end of it (none on biases and norms)
+    o.clip_grad = 3.0  # global-norm gradient clipping (0 = off)
+    o.epochs = 300  # training length; an epoch = len(images) // batch_size steps
+    o.ema_momentum = 0.996  # teacher EMA momentum at step 0, cosine to `ema_momentum_end`
+    o.ema_momentum_end = 1.0
+
+    # ---------------------------------------------------------------- retrieval monitor
+    c.monitor = e = ml_collections.ConfigDict()
+    e.dataset = "synthetic"  # labelled query/gallery set for the teacher-CLS retrieval check
+    e.data_dir = "data"  # where that set lives
+    e.every_epochs = 10  # also at the end; 0 = only at the end
+    e.batch_size = 128  # global eval batch
+
+    # ---------------------------------------------------------------- devices, bookkeeping
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # devices on the `data` axis; -1 = all
+    c.log_every_steps = 50  # metrics to TensorBoard / metrics.jsonl / progress line
+    c.checkpoint_every_steps = 1000  # Orbax save interval (a final save always happens)
+    c.keep_checkpoints = 3  # keep the last N checkpoints
+
+    if args["synthetic"]:
+        # CPU-sized: the synthetic train images (labels unused) at 128x64 / 64x32 crops, a
+        # 6-block ViT-Tiny, a small head, 4 local crops; ~13 minutes on 2 cores.
+        d.name = "synthetic"
+        d.batch_size = 32
+        d.global_size = (128, 64)
+        d.local_size = (64, 32)
+        d.num_local_crops = 4
+        m.name = "vit_tiny"
+        m.depth = 6
+        m.pos_grid = (8, 4)
+        k.min_block = 2  # the 8x4 grid is small
+        h.out_dim = h.patch_out_dim = 1024
+        h.hidden_dim = 512
+        o.base_lr = 2e-3 * 256 / 32  # 2e-3 at batch 32
+        o.epochs = 10
+        o.warmup_epochs = 1
+        l.warmup_teacher_temp_epochs = 3
+        e.every_epochs = 5
+        c.log_every_steps = 20
+        c.checkpoint_every_steps = 100
+    return c

@@ -1,0 +1,237 @@
+"""Self-supervised pretraining (iBOT, as PersonViT): a student ViT + head learns to match an EMA
+teacher on the CLS token of other views and on the patch tokens it sees masked.
+
+`train(config, workdir)` reads top to bottom: workdir, data, mesh, model & optimizer, train
+state, step, checkpoint (resume > init_from > scratch), train loop with a retrieval monitor of
+the teacher's CLS feature, final monitor. The teacher backbone is what fine-tuning starts from.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from personvit_jax import evaluation, losses
+from personvit_jax.data import layouts, pipeline
+from personvit_jax.evaluation.features import extract_features
+from personvit_jax.models.pretrain import pretrain_model_from_config
+from personvit_jax.models.vit import grid_size
+from personvit_jax.training import checkpointing, optim, sharding
+from personvit_jax.training.logging import MetricLogger
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) pretraining in `workdir`; returns the last monitor summary."""
+    # ------------------------------------------------------------------ workdir
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    # ------------------------------------------------------------------ data
+    paths = unlabeled_paths(config, workdir)
+    batch_size = config.data.batch_size
+    steps_per_epoch = len(paths) // batch_size
+    total_steps = config.optim.epochs * steps_per_epoch
+    mask_grid = grid_size(config.data.global_size, config.model.patch_size,
+                          config.model.patch_stride)
+    logging.info("pretraining on %d images: %d steps/epoch, %d steps; %s global + %d x %s local "
+                 "crops", len(paths), steps_per_epoch, total_steps, config.data.global_size,
+                 config.data.num_local_crops, config.data.local_size)
+    data_iter = iter(pipeline.pretrain_iterator(
+        paths, config.data, config.mask, mask_grid, batch_size, total_steps, config.seed,
+        jax.process_index(), jax.process_count()))
+    monitor = layouts.load_splits(config.monitor.dataset, config.monitor.data_dir,
+                                  config.data.synthetic.to_dict())
+
+    # ------------------------------------------------------------------ mesh
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_divisible(batch_size, mesh, "config.data.batch_size")
+    sharding.check_batch_divisible(config.monitor.batch_size, mesh, "config.monitor.batch_size")
+    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+
+    # ------------------------------------------------------------------ model & optimizer
+    student = pretrain_model_from_config(config, student=True)
+    teacher = pretrain_model_from_config(config, student=False)
+    h, w = config.data.global_size
+    abstract_params = jax.eval_shape(
+        lambda: student.init(jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3)))["params"])
+    tx, schedules = optim.make_pretrain_optimizer(config.optim, abstract_params, batch_size,
+                                                  steps_per_epoch)
+
+    # ------------------------------------------------------------------ train state
+    state = jax.jit(lambda: init_pretrain_state(student, tx, config), out_shardings=repl)()
+    state_sh = jax.tree.map(lambda _: repl, state)
+
+    # ------------------------------------------------------------------ steps
+    train_step = jax.jit(make_pretrain_step(student, teacher, tx, schedules, config,
+                                            steps_per_epoch),
+                         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
+                         donate_argnums=0)
+
+    @functools.partial(jax.jit, in_shardings=(repl, batch_sh, batch_sh), out_shardings=repl)
+    def embed(params, images, camids):
+        del camids
+        f = teacher.apply({"params": params}, images, with_patches=False)["cls_feat"]
+        return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+
+    monitor_cfg = ml_collections.ConfigDict({
+        "image_size": config.data.global_size, "mean": config.data.mean, "std": config.data.std,
+        "num_workers": config.data.num_workers, "prefetch": config.data.prefetch})
+
+    def run_monitor(state) -> dict[str, Any]:
+        fn = functools.partial(embed, state["teacher"])
+        q, g = monitor["query"], monitor["gallery"]
+        qf = extract_features(fn, q, monitor_cfg, mesh, config.monitor.batch_size)
+        gf = extract_features(fn, g, monitor_cfg, mesh, config.monitor.batch_size)
+        return evaluation.summarize(evaluation.evaluate(qf, gf, q.pids, g.pids, q.camids,
+                                                        g.camids))
+
+    # ------------------------------------------------------------------ checkpoint
+    # Init order: 1) resume from this workdir, 2) config.init_from, 3) scratch.
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                      max_to_keep=config.keep_checkpoints,
+                                      save_interval_steps=config.checkpoint_every_steps)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, checkpointing.abstract_state(state), data_iter)
+        logging.info("resumed from %s at step %d", ckpt.directory, latest)
+    elif config.init_from:
+        backbone = checkpointing.pretrained_backbone(config.init_from)
+        params = checkpointing.merge_backbone(jax.device_get(state["student"]), backbone,
+                                              config.init_from, config.model.pos_grid,
+                                              log=logging.info)
+        state = jax.device_put(dict(state, student=params, teacher=params,
+                                    opt_state=tx.init(params)), repl)
+        del backbone, params
+    else:
+        logging.info("pretraining from scratch")
+
+    # ------------------------------------------------------------------ train loop
+    logger = MetricLogger(workdir, total_steps, batch_size)
+    monitor_every = config.monitor.every_epochs * steps_per_epoch
+    step = first_step = int(state["step"])
+    metric_sum, metric_count = None, 0
+    while step < total_steps:
+        batch = next(data_iter)
+        batch.pop("indices")
+        state, metrics = train_step(state, sharding.to_global(batch, mesh))
+        step += 1
+        metric_sum = metrics if metric_sum is None else jax.tree.map(jnp.add, metric_sum, metrics)
+        metric_count += 1
+        if step == first_step + 1:
+            logger.start(step)  # img/s and ETA clock starts after the compiling step
+        if step % config.log_every_steps == 0 or step == total_steps:
+            logger.write(step, jax.tree.map(lambda x: x / metric_count, metric_sum))
+            metric_sum, metric_count = None, 0
+        ckpt.save(step, state, data_iter, force=step == total_steps)
+        if monitor_every and step % monitor_every == 0 and step != total_steps:
+            logger.write(step, run_monitor(state), prefix="monitor")
+
+    # ------------------------------------------------------------------ final monitor
+    summary = run_monitor(state)
+    logger.write(step, summary, prefix="monitor")
+    if is_main:
+        with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+            json.dump({"dataset": config.monitor.dataset, "feature": "teacher CLS", "step": step,
+                       **summary}, f, indent=2)
+    logger.close()
+    ckpt.close()
+    return summary
+
+
+def unlabeled_paths(config, workdir: str) -> list[str]:
+    """The pretraining images: a folder tree (index cached in the workdir) or the synthetic
+    set's train split (labels unused)."""
+    d = config.data
+    if d.name == "folder":
+        return pipeline.image_folder_index(d.root, os.path.join(workdir, "image_index.txt"))
+    if d.name == "synthetic":
+        return layouts.load_splits("synthetic", d.data_dir, d.synthetic.to_dict())["train"].paths
+    raise ValueError(f"config.data.name={d.name!r}: expected 'folder' or 'synthetic'")
+
+
+def init_pretrain_state(student, tx, config) -> dict:
+    """{step, student, teacher (= student at start), opt_state, center [1, K],
+    center_patch [1, K], rng}."""
+    h, w = config.data.global_size
+    params = student.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, h, w, 3)))["params"]
+    k, kp = config.head.out_dim, config.head.patch_out_dim
+    return {"step": jnp.zeros((), jnp.int32), "student": params, "teacher": params,
+            "opt_state": tx.init(params), "center": jnp.zeros((1, k)),
+            "center_patch": jnp.zeros((1, kp)),
+            "rng": jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)}
+
+
+def _is_last_layer(path) -> bool:
+    return any(getattr(p, "key", None) in ("last_layer", "last_layer_patch") for p in path)
+
+
+def make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch: int):
+    """(state, batch) -> (state, metrics), unjitted. batch: global [B, 2, H, W, 3], local
+    [B, L, h, w, 3], masks [B, 2, N] (True = masked for the student)."""
+    l = config.loss
+    temp = lambda e, final: optim.warmup_cosine(
+        e, base=final, total=config.optim.epochs, warmup=l.warmup_teacher_temp_epochs,
+        warmup_start=l.warmup_teacher_temp, final=final)
+
+    def crop_major(x):  # [B, C, ...] -> [C * B, ...]: crop c of every image is contiguous
+        return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+
+    def train_step(state, batch):
+        step = state["step"]
+        epoch = step // steps_per_epoch
+        rng_g, rng_l = jax.random.split(jax.random.fold_in(state["rng"], step))
+        b, n_local = batch["global"].shape[0], batch["local"].shape[1]
+        globals_, masks = crop_major(batch["global"]), crop_major(batch["masks"])
+        t = teacher.apply({"params": state["teacher"]}, globals_)
+        t_cls = t["cls_logits"].reshape(2, b, -1)
+        t_patch = t["patch_logits"].reshape(2, b, masks.shape[-1], -1)
+        t_temp, tp_temp = temp(epoch, l.teacher_temp), temp(epoch, l.teacher_patch_temp)
+
+        def loss_fn(params):
+            sg = student.apply({"params": params}, globals_, mask_bn=masks, train=True,
+                               rngs={"dropout": rng_g})
+            s_cls = [sg["cls_logits"].reshape(2, b, -1)]
+            if n_local:
+                sl = student.apply({"params": params}, crop_major(batch["local"]), train=True,
+                                   with_patches=False, rngs={"dropout": rng_l})
+                s_cls.append(sl["cls_logits"].reshape(n_local, b, -1))
+            cls_loss = losses.cls_distillation(jnp.concatenate(s_cls), t_cls, state["center"],
+                                               l.student_temp, t_temp)
+            patch_loss = losses.masked_patch_distillation(
+                sg["patch_logits"].reshape(t_patch.shape), t_patch, masks.reshape(2, b, -1),
+                state["center_patch"], l.student_temp, tp_temp)
+            loss = l.cls_weight * cls_loss + l.patch_weight * patch_loss
+            return loss, {"loss": loss, "cls_loss": cls_loss, "patch_loss": patch_loss}
+
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state["student"])
+        # The head's last layer stays fixed during the first epoch(s) (DINO: stabilises start).
+        frozen = epoch < config.head.freeze_last_layer_epochs
+        keep = lambda path, g: jnp.where(frozen & _is_last_layer(path), 0.0, g)
+        grads = jax.tree_util.tree_map_with_path(keep, grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["student"])
+        updates = jax.tree_util.tree_map_with_path(keep, updates)
+        params = jax.tree.map(jnp.add, state["student"], updates)
+        m = schedules["ema_momentum"](step)
+        teacher_params = jax.tree.map(lambda tp, sp: m * tp + (1.0 - m) * sp,
+                                      state["teacher"], params)
+        new_state = dict(
+            state, step=step + 1, student=params, teacher=teacher_params, opt_state=opt_state,
+            center=losses.update_center(state["center"], t_cls, l.center_momentum),
+            center_patch=losses.update_center(state["center_patch"], t_patch, l.center_momentum))
+        metrics.update(lr=schedules["lr"](step), weight_decay=schedules["weight_decay"](step),
+                       ema_momentum=m, teacher_temp=t_temp,
+                       masked_fraction=jnp.mean(masks.astype(jnp.float32)))
+        return new_state, metrics
+
+    return train_step

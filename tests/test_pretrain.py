@@ -1,0 +1,128 @@
+"""The pretraining stage: multi-crop pipeline, sharding invariance, exact resume, hand-off."""
+
+import os
+import shutil
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_finetune_config
+from personvit_jax.data import pipeline
+from personvit_jax.stages import finetune, pretrain
+from personvit_jax.training.checkpointing import load_state_tree
+
+
+def _aug(**kw):
+    c = dict(global_size=(64, 32), local_size=(32, 16), global_scale=(0.4, 1.0),
+             local_scale=(0.05, 0.4), num_local_crops=3, grayscale_prob=0.2, solarize_prob=0.2,
+             mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), num_workers=0, prefetch=1,
+             color_jitter={"prob": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2,
+                           "hue": 0.1})
+    c.update(kw)
+    return ml_collections.ConfigDict(c)
+
+
+MASK = ml_collections.ConfigDict({"ratio": 0.3, "ratio_var": 0.2, "masked_fraction": 0.5,
+                                  "min_block": 2, "min_aspect": 0.3})
+
+
+def test_pretrain_batches_deterministic_and_process_independent(tiny_splits):
+    paths = tiny_splits["train"].paths
+    make = lambda p=0, n=1: list(pipeline.pretrain_iterator(paths, _aug(), MASK, (8, 4), 8, 3, 0,
+                                                            p, n))
+    one, again = make(), make()
+    halves = [make(p, 2) for p in range(2)]
+    b = one[0]
+    assert b["global"].shape == (8, 2, 64, 32, 3) and b["local"].shape == (8, 3, 32, 16, 3)
+    assert b["masks"].shape == (8, 2, 32) and b["masks"].dtype == bool
+    for s in range(3):
+        for k in ("global", "local", "masks", "indices"):
+            np.testing.assert_array_equal(one[s][k], again[s][k])
+            np.testing.assert_array_equal(one[s][k], np.concatenate([halves[0][s][k],
+                                                                     halves[1][s][k]]))
+    # an epoch visits distinct images
+    spe = len(paths) // 8
+    seen = np.concatenate([pipeline.PretrainBatchLoader(paths, _aug(), MASK, (8, 4), 8, 0,
+                                                        slice(None)).batch_indices(s)
+                           for s in range(spe)])
+    assert len(set(seen)) == len(seen) == spe * 8
+
+
+def test_image_folder_index_cached_and_errors(tmp_path, tiny_splits):
+    root = tmp_path / "lup"
+    for i, p in enumerate(tiny_splits["train"].paths[:5]):
+        d = root / f"sub{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, d / f"{i}.jpg")
+    cache = str(tmp_path / "index.txt")
+    paths = pipeline.image_folder_index(str(root), cache)
+    assert len(paths) == 5 and paths == sorted(paths)
+    shutil.copy(tiny_splits["train"].paths[0], root / "new.jpg")
+    assert pipeline.image_folder_index(str(root), cache) == paths  # cached, not re-listed
+    with pytest.raises(FileNotFoundError, match="--config.data.root"):
+        pipeline.image_folder_index(str(tmp_path / "missing"), str(tmp_path / "i2.txt"))
+
+
+def test_no_dataset_stops_at_once_naming_the_path(tmp_path, monkeypatch):
+    import importlib
+    import sys
+    sys.path.insert(0, os.path.join(REPO, "configs"))
+    monkeypatch.chdir(tmp_path)
+    cfg = importlib.import_module("pretrain").get_config()
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "data" / "LUPerson")):
+        pretrain.train(cfg, str(tmp_path / "w"))
+
+
+def _tree_close(a, b, **tol):
+    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    assert [k for k, _ in la] == [k for k, _ in lb]
+    for (k, x), (_, y) in zip(la, lb):
+        if tol:
+            np.testing.assert_allclose(x, y, err_msg=jax.tree_util.keystr(k), **tol)
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(k))
+
+
+def test_pretrain_eight_devices_equal_one(tiny_pt_config, tmp_path):
+    for n in (1, 8):
+        pretrain.train(tiny_pt_config(**{"mesh.data": n, "optim.epochs": 1}), str(tmp_path / f"d{n}"))
+    a, b = load_state_tree(tmp_path / "d1"), load_state_tree(tmp_path / "d8")
+    # centres are means over the GLOBAL batch: a per-device mean would differ at once
+    _tree_close(a["center"], b["center"], rtol=1e-5, atol=1e-7)
+    _tree_close(a["center_patch"], b["center_patch"], rtol=1e-5, atol=1e-7)
+    # AdamW moves each parameter by ~lr per step, whatever the gradient's size: float noise in
+    # near-zero gradients can show up at lr scale, so parameters are compared at that scale.
+    _tree_close(a["teacher"], b["teacher"], atol=1e-6)
+    _tree_close(a["student"], b["student"], atol=2e-4)
+
+
+def test_resume_from_mid_run_checkpoint_is_bit_exact(tiny_pt_config, tmp_path):
+    cfg = tiny_pt_config()
+    full = tmp_path / "full"
+    pretrain.train(cfg, str(full))
+    steps = sorted(int(s) for s in os.listdir(full / "checkpoints") if s.isdigit())
+    mid = steps[len(steps) // 2]
+    assert 0 < mid < steps[-1]
+    # A run that stopped right after checkpoint `mid` (e.g. killed) and is started again.
+    part = tmp_path / "part"
+    shutil.copytree(full / "checkpoints" / str(mid), part / "checkpoints" / str(mid))
+    pretrain.train(cfg, str(part))
+    _tree_close(load_state_tree(full), load_state_tree(part))
+
+
+def test_handoff_finetune_loads_teacher_backbone(tiny_pt_config, tmp_path):
+    src = tmp_path / "pt"
+    pretrain.train(tiny_pt_config(**{"optim.epochs": 1}), str(src))
+    pt = load_state_tree(src)
+    assert not np.allclose(pt["teacher"]["backbone"]["pos_embed"],
+                           pt["student"]["backbone"]["pos_embed"])
+    ft_cfg = tiny_finetune_config(tiny_pt_config().data.data_dir, **{
+        "optim.epochs": 1, "init_from": str(src), "optim.base_lr": 0.0,
+        "optim.warmup_factor": 0.0, "optim.final_lr_factor": 0.0})
+    finetune.train(ft_cfg, str(tmp_path / "ft"))
+    backbone = load_state_tree(tmp_path / "ft")["params"]["backbone"]
+    teacher = dict(pt["teacher"]["backbone"])
+    teacher.pop("mask_token")  # pretraining only; the fine-tune ViT has none
+    _tree_close(backbone, teacher)
