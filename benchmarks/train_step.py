@@ -2,8 +2,10 @@ r"""Train-step speed: one JSON line with step time, img/s, achieved FLOP/s and i
 matmul peak measured on the same backend (and MFU on GPU/TPU when the device peak is known).
 
   python benchmarks/train_step.py --stage=finetune --model=vit_small --batch=64
+  python benchmarks/train_step.py --stage=pretrain --model=vit_small --batch=16
 
-Uses the stage's own train step (same jit, shardings and donation) on random 256x128 images.
+Uses the stage's own train step (same jit, shardings and donation) on random inputs: fine-tune
+256x128 images; pretrain 2 global 256x128 + 8 local 128x64 crops per image, iBOT head 8192.
 """
 
 import argparse
@@ -22,7 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from personvit_jax.models.reid import reid_model_from_config  # noqa: E402
-from personvit_jax.stages import finetune  # noqa: E402
+from personvit_jax.models.pretrain import pretrain_model_from_config  # noqa: E402
+from personvit_jax.models.vit import grid_size  # noqa: E402
+from personvit_jax.stages import finetune, pretrain  # noqa: E402
 from personvit_jax.training import optim, sharding  # noqa: E402
 
 # Dense peak FLOP/s per device for MFU (bf16 / fp32-as-TF32 where the hardware has it).
@@ -71,24 +75,59 @@ def bench_finetune(args):
         "images": rng.standard_normal((args.batch, h, w, 3), np.float32),
         "labels": np.repeat(np.arange(args.batch // 4), 4).astype(np.int32),
         "camids": np.zeros(args.batch, np.int32)}, mesh)
-    compiled = step.lower(state, batch).compile()
-    cost = compiled.cost_analysis()
+    return step, state, batch, _flops(step, state, batch), f"{h}x{w}"
+
+
+def bench_pretrain(args):
+    config = load_config("pretrain", f"model={args.model}")
+    config.data.batch_size = args.batch
+    d = config.data
+    (h, w), (lh, lw) = d.global_size, d.local_size
+    mesh = sharding.make_mesh()
+    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    student = pretrain_model_from_config(config, student=True)
+    teacher = pretrain_model_from_config(config, student=False)
+    params = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0),
+                                                 jnp.zeros((1, h, w, 3)))["params"])
+    tx, schedules = optim.make_pretrain_optimizer(config.optim, params, args.batch, 1000)
+    state = jax.jit(lambda: pretrain.init_pretrain_state(student, tx, config),
+                    out_shardings=repl)()
+    state_sh = jax.tree.map(lambda _: repl, state)
+    step = jax.jit(pretrain.make_pretrain_step(student, teacher, tx, schedules, config, 1000),
+                   in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
+                   donate_argnums=0)
+    rng = np.random.default_rng(0)
+    n = grid_size(d.global_size, config.model.patch_size, config.model.patch_stride)
+    batch = sharding.to_global({
+        "global": rng.standard_normal((args.batch, 2, h, w, 3), np.float32),
+        "local": rng.standard_normal((args.batch, d.num_local_crops, lh, lw, 3), np.float32),
+        "masks": rng.random((args.batch, 2, n[0] * n[1])) < 0.15}, mesh)
+    size = f"2x{h}x{w}+{d.num_local_crops}x{lh}x{lw}"
+    return step, state, batch, _flops(step, state, batch), size
+
+
+def _flops(step, state, batch) -> float:
+    """FLOPs of one step from XLA's cost analysis of the compiled program."""
+    cost = step.lower(state, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    return step, state, batch, flops, f"{h}x{w}"
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--stage", choices=["finetune"], default="finetune")
+    p.add_argument("--stage", choices=["finetune", "pretrain"], default="finetune")
     p.add_argument("--model", choices=["vit_tiny", "vit_small", "vit_base"], default="vit_small")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=None,
+                   help="images per step (default: 64 fine-tune, 16 pretrain)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     args = p.parse_args()
-    if args.batch % 4:
+    if args.batch is None:
+        args.batch = 64 if args.stage == "finetune" else 16
+    if args.stage == "finetune" and args.batch % 4:
         p.error("--batch must be a multiple of K = 4")
 
-    step, state, batch, flops, size = bench_finetune(args)
+    bench = bench_finetune if args.stage == "finetune" else bench_pretrain
+    step, state, batch, flops, size = bench(args)
     for _ in range(2):
         state, m = step(state, batch)
     jax.block_until_ready(state)
