@@ -14,25 +14,14 @@ Any field can be overridden on the command line, e.g. `--config.optim.base_lr=1e
 
 import ml_collections
 
-
-def _parse_arg(arg):
-    out = {"dataset": "market1501", "model": "vit_small", "synthetic": False}
-    for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
-        if key == "synthetic" and not value:
-            out["synthetic"] = True
-        elif key in ("dataset", "model") and value:
-            out[key] = value
-        else:
-            raise ValueError(f"configs/finetune.py: unknown config argument {item!r}; expected "
-                             "dataset=NAME, model=NAME or synthetic")
-    if out["synthetic"]:
-        out["dataset"] = "synthetic"
-    return out
+from personvit_jax.config_args import parse_config_arg
 
 
 def get_config(arg=None):
-    args = _parse_arg(arg)
+    args = parse_config_arg(arg, {"dataset": "market1501", "model": "vit_small",
+                                  "synthetic": False}, "configs/finetune.py")
+    if args["synthetic"]:
+        args["dataset"] = "synthetic"
     c = ml_collections.ConfigDict()
     c.stage = "finetune"  # selects personvit_jax.stages.finetune.train
     c.seed = 0  # seeds parameter init, drop path, P x K sampling and augmentation

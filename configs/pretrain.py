@@ -13,23 +13,12 @@ Then fine-tune from the TEACHER backbone:
 
 import ml_collections
 
-
-def _parse_arg(arg):
-    out = {"model": "vit_small", "synthetic": False}
-    for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
-        if key == "synthetic" and not value:
-            out["synthetic"] = True
-        elif key == "model" and value:
-            out["model"] = value
-        else:
-            raise ValueError(f"configs/pretrain.py: unknown config argument {item!r}; expected "
-                             "model=NAME or synthetic")
-    return out
+from personvit_jax.config_args import parse_config_arg
 
 
 def get_config(arg=None):
-    args = _parse_arg(arg)
+    args = parse_config_arg(arg, {"model": "vit_small", "synthetic": False},
+                            "configs/pretrain.py")
     c = ml_collections.ConfigDict()
     c.stage = "pretrain"  # selects personvit_jax.stages.pretrain.train
     c.seed = 0  # seeds init, drop path, epoch permutations, crops and masks

@@ -17,6 +17,31 @@ TINY_SYNTHETIC = {"seed": 0, "num_train_ids": 8, "num_test_ids": 6, "num_distrac
                   "num_junk": 5, "images_per_id": (6, 10)}
 
 
+def apply_overrides(config, overrides: dict):
+    """Sets dotted keys, e.g. {"optim.epochs": 1}, like --config.optim.epochs=1."""
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def assert_trees(a, b, **tol):
+    """Same structure; leaves equal bit for bit, or within assert_allclose's `tol`."""
+    import jax
+    import numpy as np
+
+    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    assert [k for k, _ in la] == [k for k, _ in lb]
+    for (k, x), (_, y) in zip(la, lb):
+        if tol:
+            np.testing.assert_allclose(x, y, err_msg=jax.tree_util.keystr(k), **tol)
+        else:
+            np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(k))
+
+
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """A data_dir holding a tiny synthetic Market-layout set (generated once per session)."""
@@ -50,13 +75,7 @@ def tiny_finetune_config(data_dir, **overrides):
     c.eval.batch_size = 32
     c.log_every_steps = 2
     c.checkpoint_every_steps = 4
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return apply_overrides(c, overrides)
 
 
 @pytest.fixture
@@ -93,13 +112,7 @@ def tiny_pretrain_config(data_dir, **overrides):
     c.log_every_steps = 2
     c.checkpoint_every_steps = 2
     c.keep_checkpoints = 100
-    for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return apply_overrides(c, overrides)
 
 
 @pytest.fixture

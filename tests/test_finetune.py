@@ -11,23 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_SYNTHETIC
+from conftest import REPO, TINY_SYNTHETIC, assert_trees
 from personvit_jax.stages import finetune
 from personvit_jax.training.checkpointing import load_state_tree
 
 
 def _params(workdir):
     return load_state_tree(workdir)["params"]
-
-
-def _assert_trees(a, b, **tol):
-    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
-    assert [k for k, _ in la] == [k for k, _ in lb]
-    for (k, x), (_, y) in zip(la, lb):
-        if tol:
-            np.testing.assert_allclose(x, y, err_msg=jax.tree_util.keystr(k), **tol)
-        else:
-            np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(k))
 
 
 def test_eight_devices_equal_one(tiny_config, tmp_path):
@@ -39,7 +29,7 @@ def test_eight_devices_equal_one(tiny_config, tmp_path):
         cfg = tiny_config(**{"mesh.data": n, "optim.epochs": 1, "optim.name": "sgd",
                              "optim.base_lr": 1e-2})
         results[n] = finetune.train(cfg, str(tmp_path / f"d{n}"))
-    _assert_trees(_params(tmp_path / "d1"), _params(tmp_path / "d8"), rtol=2e-4, atol=2e-6)
+    assert_trees(_params(tmp_path / "d1"), _params(tmp_path / "d8"), rtol=2e-4, atol=2e-6)
     assert results[1]["mAP"] == pytest.approx(results[8]["mAP"], abs=1e-3)
     assert results[1]["num_valid_queries"] == results[8]["num_valid_queries"]
 
@@ -98,7 +88,7 @@ def test_main_end_to_end_and_kill_resume_bit_exact(tiny_data_dir, tmp_path):
     assert resumed, r.stderr[-3000:]
     step = int(resumed[0].rsplit("step", 1)[1])
     assert 10 <= step < total
-    _assert_trees(_params(full), _params(killed))  # bit-identical
+    assert_trees(_params(full), _params(killed))  # bit-identical
     assert json.loads((killed / "eval_results.json").read_text())["mAP"] == res["mAP"]
 
 
@@ -109,7 +99,7 @@ def test_init_from_loads_backbone_only(tiny_config, tmp_path):
                          "optim.warmup_factor": 0.0, "optim.final_lr_factor": 0.0})
     finetune.train(cfg, str(tmp_path / "dst"))
     a, b = _params(src), _params(tmp_path / "dst")
-    _assert_trees(a["backbone"], b["backbone"])  # LR 0: the loaded backbone is unchanged
+    assert_trees(a["backbone"], b["backbone"])  # LR 0: the loaded backbone is unchanged
     assert not np.allclose(a["neck"]["classifier"]["kernel"], b["neck"]["classifier"]["kernel"])
 
 

@@ -94,3 +94,15 @@ def test_msmt17_lists(tmp_path):
         f.write("0009/0009_000_01_0303morning_0001_0.jpg 9\n")
     with pytest.raises(FileNotFoundError, match="list_gallery.txt:2 points at .*0009"):
         layouts.load_msmt17_layout(root)
+
+
+def test_config_args():
+    from personvit_jax.config_args import parse_config_arg
+
+    d = {"dataset": "market1501", "model": "vit_small", "synthetic": False}
+    assert parse_config_arg("model=vit_base,synthetic", d, "c.py") == {
+        "dataset": "market1501", "model": "vit_base", "synthetic": True}
+    assert parse_config_arg(None, d, "c.py") == d
+    for bad in ("modle=vit_base", "model", "synthetic=1"):
+        with pytest.raises(ValueError, match=f"c.py: unknown config argument '{bad}'"):
+            parse_config_arg(bad, d, "c.py")

@@ -1,7 +1,6 @@
 """Blockwise masking statistics over many draws."""
 
 import numpy as np
-import pytest
 
 import math
 

@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from personvit_jax.data import augment, layouts, pipeline
+from personvit_jax.data import augment, pipeline
 
 
 def test_pk_sampler_invariants():

@@ -3,12 +3,11 @@
 import os
 import shutil
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_finetune_config
+from conftest import REPO, assert_trees, tiny_finetune_config
 from personvit_jax.data import pipeline
 from personvit_jax.stages import finetune, pretrain
 from personvit_jax.training.checkpointing import load_state_tree
@@ -75,27 +74,17 @@ def test_no_dataset_stops_at_once_naming_the_path(tmp_path, monkeypatch):
         pretrain.train(cfg, str(tmp_path / "w"))
 
 
-def _tree_close(a, b, **tol):
-    la, lb = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
-    assert [k for k, _ in la] == [k for k, _ in lb]
-    for (k, x), (_, y) in zip(la, lb):
-        if tol:
-            np.testing.assert_allclose(x, y, err_msg=jax.tree_util.keystr(k), **tol)
-        else:
-            np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(k))
-
-
 def test_pretrain_eight_devices_equal_one(tiny_pt_config, tmp_path):
     for n in (1, 8):
         pretrain.train(tiny_pt_config(**{"mesh.data": n, "optim.epochs": 1}), str(tmp_path / f"d{n}"))
     a, b = load_state_tree(tmp_path / "d1"), load_state_tree(tmp_path / "d8")
     # centres are means over the GLOBAL batch: a per-device mean would differ at once
-    _tree_close(a["center"], b["center"], rtol=1e-5, atol=1e-7)
-    _tree_close(a["center_patch"], b["center_patch"], rtol=1e-5, atol=1e-7)
+    assert_trees(a["center"], b["center"], rtol=1e-5, atol=1e-7)
+    assert_trees(a["center_patch"], b["center_patch"], rtol=1e-5, atol=1e-7)
     # AdamW moves each parameter by ~lr per step, whatever the gradient's size: float noise in
     # near-zero gradients can show up at lr scale, so parameters are compared at that scale.
-    _tree_close(a["teacher"], b["teacher"], atol=1e-6)
-    _tree_close(a["student"], b["student"], atol=2e-4)
+    assert_trees(a["teacher"], b["teacher"], atol=1e-6)
+    assert_trees(a["student"], b["student"], atol=2e-4)
 
 
 def test_resume_from_mid_run_checkpoint_is_bit_exact(tiny_pt_config, tmp_path):
@@ -109,7 +98,7 @@ def test_resume_from_mid_run_checkpoint_is_bit_exact(tiny_pt_config, tmp_path):
     part = tmp_path / "part"
     shutil.copytree(full / "checkpoints" / str(mid), part / "checkpoints" / str(mid))
     pretrain.train(cfg, str(part))
-    _tree_close(load_state_tree(full), load_state_tree(part))
+    assert_trees(load_state_tree(full), load_state_tree(part))
 
 
 def test_handoff_finetune_loads_teacher_backbone(tiny_pt_config, tmp_path):
@@ -125,4 +114,4 @@ def test_handoff_finetune_loads_teacher_backbone(tiny_pt_config, tmp_path):
     backbone = load_state_tree(tmp_path / "ft")["params"]["backbone"]
     teacher = dict(pt["teacher"]["backbone"])
     teacher.pop("mask_token")  # pretraining only; the fine-tune ViT has none
-    _tree_close(backbone, teacher)
+    assert_trees(backbone, teacher)

@@ -23,7 +23,7 @@ from personvit_jax.data import layouts, pipeline
 from personvit_jax.evaluation.features import extract_features
 from personvit_jax.models.pretrain import pretrain_model_from_config
 from personvit_jax.models.vit import grid_size
-from personvit_jax.training import checkpointing, optim, sharding
+from personvit_jax.training import checkpointing, loop, optim, sharding
 from personvit_jax.training.logging import MetricLogger
 
 
@@ -119,23 +119,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ------------------------------------------------------------------ train loop
     logger = MetricLogger(workdir, total_steps, batch_size)
     monitor_every = config.monitor.every_epochs * steps_per_epoch
-    step = first_step = int(state["step"])
-    metric_sum, metric_count = None, 0
-    while step < total_steps:
-        batch = next(data_iter)
-        batch.pop("indices")
-        state, metrics = train_step(state, sharding.to_global(batch, mesh))
-        step += 1
-        metric_sum = metrics if metric_sum is None else jax.tree.map(jnp.add, metric_sum, metrics)
-        metric_count += 1
-        if step == first_step + 1:
-            logger.start(step)  # img/s and ETA clock starts after the compiling step
-        if step % config.log_every_steps == 0 or step == total_steps:
-            logger.write(step, jax.tree.map(lambda x: x / metric_count, metric_sum))
-            metric_sum, metric_count = None, 0
-        ckpt.save(step, state, data_iter, force=step == total_steps)
-        if monitor_every and step % monitor_every == 0 and step != total_steps:
-            logger.write(step, run_monitor(state), prefix="monitor")
+    state, step = loop.run(state, data_iter, train_step, mesh=mesh, ckpt=ckpt, logger=logger,
+                           total_steps=total_steps, log_every=config.log_every_steps,
+                           eval_every=monitor_every, eval_fn=run_monitor, eval_prefix="monitor")
 
     # ------------------------------------------------------------------ final monitor
     summary = run_monitor(state)
