@@ -101,20 +101,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       max_to_keep=config.keep_checkpoints,
                                       save_interval_steps=config.checkpoint_every_steps)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, checkpointing.abstract_state(state), data_iter)
-        logging.info("resumed from %s at step %d", ckpt.directory, latest)
-    elif config.init_from:
-        backbone = checkpointing.pretrained_backbone(config.init_from)
+
+    def load_backbone(state, backbone):  # student and teacher both start from it
         params = checkpointing.merge_backbone(jax.device_get(state["student"]), backbone,
                                               config.init_from, config.model.pos_grid,
                                               log=logging.info)
-        state = jax.device_put(dict(state, student=params, teacher=params,
-                                    opt_state=tx.init(params)), repl)
-        del backbone, params
-    else:
-        logging.info("pretraining from scratch")
+        return jax.device_put(dict(state, student=params, teacher=params,
+                                   opt_state=tx.init(params)), repl)
+
+    state = checkpointing.restore_or_initialize(ckpt, state, data_iter, config.init_from,
+                                                load_backbone, log=logging.info)
 
     # ------------------------------------------------------------------ train loop
     logger = MetricLogger(workdir, total_steps, batch_size)

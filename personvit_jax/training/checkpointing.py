@@ -162,3 +162,19 @@ def resize_pos_embed_tokens(pos_1nd: np.ndarray, new_grid) -> np.ndarray:
     h, w = stored_grid(pos_1nd.shape[1] - 1)
     grid = resize_pos_embed(jax.numpy.asarray(pos_1nd[0, 1:]).reshape(h, w, d), new_grid)
     return np.concatenate([pos_1nd[:, :1], np.asarray(grid).reshape(1, -1, d)], axis=1)
+
+
+def restore_or_initialize(ckpt: Checkpointer, state: Any, data_iter, init_from: str,
+                          load_backbone, log=print) -> Any:
+    """The start order of every stage: 1) resume from this workdir's latest checkpoint (state and
+    data-iterator position), 2) `init_from`: `load_backbone(state, backbone_params)` returns the
+    state with the pretrained backbone put in, 3) keep the freshly initialised `state`."""
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, abstract_state(state), data_iter)
+        log(f"resumed from {ckpt.directory} at step {latest}")
+        return state
+    if init_from:
+        return load_backbone(state, pretrained_backbone(init_from))
+    log("starting from scratch (no checkpoint in the workdir, no init_from)")
+    return state
