@@ -11,7 +11,12 @@ import math
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter, ImageOps
+
+
+def luma(x_hwc: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma [H, W, 1] (float32) of an RGB image, as PIL's "L" conversion."""
+    return (x_hwc.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -53,18 +58,15 @@ def color_jitter(img_hwc_uint8: np.ndarray, rng: np.random.Generator, brightness
     shift in [-hue, hue] of a turn), applied in random order. uint8 in, uint8 out."""
     x = img_hwc_uint8.astype(np.float32)
 
-    def gray(v):
-        return (v @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-
     def adjust(v, op):
         if op == 0 and brightness:
             return v * rng.uniform(1 - brightness, 1 + brightness)
         if op == 1 and contrast:
             f = rng.uniform(1 - contrast, 1 + contrast)
-            return gray(v).mean() * (1 - f) + v * f
+            return luma(v).mean() * (1 - f) + v * f
         if op == 2 and saturation:
             f = rng.uniform(1 - saturation, 1 + saturation)
-            return gray(v) * (1 - f) + v * f
+            return luma(v) * (1 - f) + v * f
         if op == 3 and hue:
             hsv = np.asarray(Image.fromarray(np.clip(v, 0, 255).astype(np.uint8)).convert("HSV"))
             hsv = hsv.copy()
@@ -132,8 +134,6 @@ def multicrop_view(img: Image.Image, rng: np.random.Generator, out_hw: Sequence[
                    cfg) -> np.ndarray:
     """One DINO view: resized crop -> flip -> colour jitter (p 0.8) -> grayscale (p 0.2) ->
     Gaussian blur -> solarise -> normalise. float32 [h, w, 3]."""
-    from PIL import ImageFilter, ImageOps
-
     view = random_resized_crop(img, rng, out_hw, scale)
     if rng.random() < 0.5:
         view = view.transpose(Image.FLIP_LEFT_RIGHT)
@@ -142,7 +142,7 @@ def multicrop_view(img: Image.Image, rng: np.random.Generator, out_hw: Sequence[
     if rng.random() < cj.prob:
         x = color_jitter(x, rng, cj.brightness, cj.contrast, cj.saturation, cj.hue)
     if rng.random() < cfg.grayscale_prob:
-        x = np.repeat((x @ np.array([0.299, 0.587, 0.114]))[..., None], 3, -1).astype(np.uint8)
+        x = np.repeat(luma(x), 3, -1).astype(np.uint8)
     view = Image.fromarray(x)
     if rng.random() < blur_prob:
         view = view.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.1, 2.0)))

@@ -9,6 +9,7 @@ Grain iterator state (saved with every checkpoint) is just a position: resume is
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import grain
@@ -16,6 +17,7 @@ import numpy as np
 
 from personvit_jax.data import augment
 from personvit_jax.data.layouts import Split
+from personvit_jax.data.masking import image_mask
 
 
 class PKSampler:
@@ -152,8 +154,6 @@ class PretrainBatchLoader:
         return perm[pos * self.batch_size:(pos + 1) * self.batch_size]
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        from personvit_jax.data.masking import image_mask
-
         idx = self.batch_indices(step)
         m = self.mask_cfg
         g, l, masks = [], [], []
@@ -187,8 +187,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 def image_folder_index(root: str, cache_path: str) -> list[str]:
     """All images under `root` (recursive, sorted), listed once and cached in `cache_path`
     (first line: the root) so a restart of a run over millions of files does not re-list."""
-    import os
-
     root = os.path.abspath(root)
     if os.path.isfile(cache_path):
         with open(cache_path) as f:
