@@ -103,6 +103,7 @@ def get_config(arg=None):
     e.batch_size = 128  # global eval batch
     e.neck_feat = "before"  # test feature before ('before') or after ('after') the BNNeck
     e.normalize = True  # L2-normalise test features
+    e.flip = False  # flip test-time augmentation (mean of the image and its mirror)
     e.metric = "euclidean"  # euclidean | cosine
     e.max_rank = 50  # CMC length
 

@@ -20,9 +20,9 @@ from absl import logging
 
 from personvit_jax import evaluation
 from personvit_jax.data import layouts, pipeline
-from personvit_jax.evaluation.features import extract_features
+from personvit_jax.evaluation.features import extract_features, reid_embed_fn
 from personvit_jax.losses import reid_loss
-from personvit_jax.models.reid import reid_model_from_config, retrieval_embedding
+from personvit_jax.models.reid import reid_model_from_config
 from personvit_jax.training import checkpointing, loop, optim, sharding
 from personvit_jax.training.logging import MetricLogger
 
@@ -73,13 +73,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                          in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
                          donate_argnums=0)
 
-    @functools.partial(jax.jit, in_shardings=(repl, batch_sh, batch_sh), out_shardings=repl)
-    def embed(variables, images, camids):
-        out = model.apply(variables, images, camids if use_cams else None, train=False)
-        f = retrieval_embedding(out, config.eval.neck_feat)
-        if config.eval.normalize:
-            f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
-        return f
+    embed = jax.jit(reid_embed_fn(model, config.eval, use_cams),
+                    in_shardings=(repl, batch_sh, batch_sh), out_shardings=repl)
 
     def run_eval(state) -> dict[str, Any]:
         variables = {"params": state["params"], "batch_stats": state["batch_stats"]}

@@ -20,7 +20,7 @@ from absl import logging
 
 from personvit_jax import evaluation, losses
 from personvit_jax.data import layouts, pipeline
-from personvit_jax.evaluation.features import extract_features
+from personvit_jax.evaluation.features import extract_features, normalize_rows
 from personvit_jax.models.pretrain import pretrain_model_from_config
 from personvit_jax.models.vit import grid_size
 from personvit_jax.training import checkpointing, loop, optim, sharding
@@ -81,8 +81,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     @functools.partial(jax.jit, in_shardings=(repl, batch_sh, batch_sh), out_shardings=repl)
     def embed(params, images, camids):
         del camids
-        f = teacher.apply({"params": params}, images, with_patches=False)["cls_feat"]
-        return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+        return normalize_rows(
+            teacher.apply({"params": params}, images, with_patches=False)["cls_feat"])
 
     monitor_cfg = ml_collections.ConfigDict({
         "image_size": config.data.global_size, "mean": config.data.mean, "std": config.data.std,

@@ -8,11 +8,13 @@ batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Optional
 
 import grain
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -97,6 +99,39 @@ def pretrained_backbone(path: str) -> dict:
     raise ValueError(f"{resolve_checkpoint(path)}: no backbone parameters found (expected "
                      f"state['teacher']['backbone'] or state['params']['backbone']; top-level "
                      f"keys: {sorted(tree)})")
+
+
+def saved_config(path: str) -> Optional[ml_collections.ConfigDict]:
+    """The config.json of the run (or conversion) that wrote the checkpoint at `path`: the
+    workdir holding `checkpoints/<step>/`. None when there is none (e.g. a bare step folder)."""
+    step_dir = resolve_checkpoint(path)
+    workdir = os.path.dirname(os.path.dirname(step_dir))
+    cfg_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(cfg_path):
+        return None
+    try:
+        with open(cfg_path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{cfg_path}: unreadable saved config ({e})") from e
+
+
+def inference_variables(path: str) -> tuple[str, dict]:
+    """What a checkpoint offers for feature extraction, as (kind, Flax variables):
+
+      'reid'     -> {'params': ReIDModel params, 'batch_stats': BNNeck running stats}
+                    (a fine-tune run, or a converted PersonViT/TransReID ReID model)
+      'backbone' -> {'params': ViT params} (a pretrain run's teacher, or converted backbone
+                    weights: the CLS token is the feature)
+    """
+    tree = load_state_tree(path)
+    params = tree.get("params")
+    if isinstance(params, dict) and "neck" in params:
+        if "batch_stats" not in tree:
+            raise ValueError(f"{resolve_checkpoint(path)}: ReID params without batch_stats "
+                             "(the BNNeck running statistics)")
+        return "reid", {"params": params, "batch_stats": tree["batch_stats"]}
+    return "backbone", {"params": pretrained_backbone(path)}
 
 
 def merge_backbone(params: dict, backbone: dict, source: str, pos_grid, log=print) -> dict:
