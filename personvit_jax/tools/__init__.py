@@ -1,0 +1,1 @@
+"""Command-line tools around the pipeline: weight conversion, feature extraction, export."""
