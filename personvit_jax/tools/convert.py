@@ -205,12 +205,32 @@ def flax_path(name: str, array: np.ndarray) -> tuple[tuple, np.ndarray]:
     return tuple(path) + (renamed,), array
 
 
+# Why a source array has no place in the converted tree (first matching pattern).
+DROP_REASONS = (
+    (r"(base\.)?fc\.", "unused classifier of the backbone"),
+    (r"bottleneck(_\d+)?\.bias$", "BNNeck bias: zero, and fixed at 0 here"),
+    (r".*num_batches_tracked$", "BatchNorm step counter"),
+    (r"(backbone\.)?masked_embed$", "iBOT mask token, pretraining only"),
+    (r"head\.last_layer2?\.weight_g$", "weight-norm g: with the head, or fixed at 1 (norm_last_layer)"),
+    (r"head\.last_layer2\.", "same module as head.last_layer (shared head)"),
+    (r"(backbone\.)?head\.", "classifier / projection head (--heads keeps an iBOT/DINO head)"),
+    (r"base\.(norm|blocks)\.", "unused by TransReID's JPM model: its global branch runs b1"),
+)
+
+
+def drop_reason(name: str) -> str:
+    for pattern, why in DROP_REASONS:
+        if re.match(pattern, name):
+            return why
+    return "not part of the model"
+
+
 def map_module(sd: dict, src_prefix: str, dst: tuple, flat: Flat, log_map: list) -> None:
     """Maps every key of `sd` (already stripped of `src_prefix`) under the Flax path `dst`."""
     for name in sorted(sd):
         path, arr = flax_path(name, sd[name])
         flat[dst + path] = np.asarray(arr, np.float32)
-        log_map.append((src_prefix + name, "/".join(dst + path), arr.shape))
+        log_map.append((src_prefix + name, "/".join(dst + path), sd[name].shape))
 
 
 def map_head(head_sd: dict, dst: tuple, flat: Flat, log_map: list) -> dict:
@@ -226,10 +246,10 @@ def map_head(head_sd: dict, dst: tuple, flat: Flat, log_map: list) -> dict:
                          "last_layer.weight_v)")
     for j, i in enumerate(linear_ids):
         for leaf in ("weight", "bias"):
-            key = f"mlp.{i}.{leaf}"
-            flat[dst + (f"mlp_{j}", "kernel" if leaf == "weight" else "bias")] = np.asarray(
-                head_sd[key].T if leaf == "weight" else head_sd[key], np.float32)
-            log_map.append((f"head.{key}", "/".join(dst + (f"mlp_{j}",)), head_sd[key].shape))
+            key = f"mlp.{i}.{leaf}"  # mlp.{0,2,4} (GELUs in between) -> mlp_{0,1,2}
+            path, arr = flax_path(f"mlp_{j}.{leaf}", head_sd[key])
+            flat[dst + path] = np.asarray(arr, np.float32)
+            log_map.append((f"head.{key}", "/".join(dst + path), head_sd[key].shape))
     shared = "last_layer2.weight_v" not in head_sd or all(
         np.array_equal(head_sd[f"last_layer2.{x}"], head_sd[f"last_layer.{x}"])
         for x in ("weight_v", "weight_g") if f"last_layer.{x}" in head_sd)
@@ -267,7 +287,7 @@ def map_reid(base_sd: dict, rest: dict, depth: int, flat: Flat, log_map: list,
                          f"(non-backbone keys: {sorted(rest)[:10]})")
     jpm = "b1.0.attn.qkv.weight" in rest
     last = f"blocks.{depth - 1}."
-    unused = ("fc.",) + ((last, "norm.") if jpm else ())  # the caller reports them as dropped
+    unused = ("fc.",) + ((last, "norm.") if jpm else ())  # reported as dropped by the caller
     map_module({k: v for k, v in base_sd.items() if not k.startswith(unused)},
                "base.", ("params", "backbone"), flat, log_map)
     groups = 0
@@ -445,20 +465,12 @@ def convert(input_path: str, output_dir: str, *, fmt: str = "auto", which: str =
 
     flat: Flat = {}
     mapped: list = []
-    dropped: list = []
     head_cfg = None
     groups = 0
     if fmt in REID_FORMATS:
         kind = "reid"
         reid = map_reid(vit_sd, rest, vit["depth"], flat, mapped, source)
         groups, num_classes = reid["jpm_groups"], reid["num_classes"]
-        used_rest = {k for k in rest if re.match(r"(bottleneck|classifier)(_\d+)?\.|b[12]\.", k)}
-        dropped += sorted(f"base.{k}" for k in vit_sd if k.startswith("fc."))
-        if groups:
-            dropped += sorted(f"base.{k}" for k in vit_sd
-                              if k.startswith((f"blocks.{vit['depth'] - 1}.", "norm.")))
-        dropped += sorted(k for k in rest if k not in used_rest or k.endswith(
-            "num_batches_tracked") or re.match(r"bottleneck(_\d+)?\.bias", k))
         dataset = dataset or CLASSES_TO_DATASET.get(num_classes, "")
         log(f"  ReID: {num_classes} classes" + (f", JPM with {groups} groups" if groups else ""))
     else:
@@ -470,14 +482,9 @@ def convert(input_path: str, output_dir: str, *, fmt: str = "auto", which: str =
         if not vit["mask_token"] and not heads:
             keep.pop("masked_embed", None)
         map_module(keep, prefix, owner, flat, mapped)
-        dropped += sorted(prefix + k for k in vit_sd if k not in keep)
-        head_sd, other = split_prefix(rest, "head.")
         if heads:
-            head_cfg = map_head(head_sd, ("teacher", "head"), flat, mapped)
+            head_cfg = map_head(split_prefix(rest, "head.")[0], ("teacher", "head"), flat, mapped)
             log(f"  head: {head_cfg}")
-        else:
-            dropped += sorted(f"head.{k}" for k in head_sd)
-        dropped += sorted(other)
     if vit["num_cameras"]:
         if not dataset or layouts.num_cameras(dataset) != vit["num_cameras"]:
             raise ValueError(
@@ -493,8 +500,10 @@ def convert(input_path: str, output_dir: str, *, fmt: str = "auto", which: str =
     flat = fit_to_target(flat, target, vit["stored_grid"], config.model.pos_grid, source, log)
     for src, dst, shape in mapped:
         log(f"  mapped {src} {tuple(shape)} -> {dst}")
-    for k in dropped:
-        log(f"  dropped {k}")
+    used = {src for src, _, _ in mapped}
+    dropped = [(k, drop_reason(k)) for k in sorted(sd) if k not in used]
+    for k, why in dropped:
+        log(f"  dropped {k} ({why})")
     write_checkpoint(output_dir, unflatten(flat), config)
     log(f"wrote {output_dir} ({kind}; {len(flat)} arrays, {len(dropped)} dropped)")
     return {"format": fmt, "kind": kind, "config": config, "mapped": mapped, "dropped": dropped}
