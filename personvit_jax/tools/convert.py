@@ -321,27 +321,24 @@ def target_tree(config, kind: str, num_classes: int = 0, num_cameras: int = 0) -
     """Shapes of the tree our own runs produce for this config (from `model.init`, via
     eval_shape: nothing is computed), flattened to path tuples."""
     h, w = config.data.image_size
-    images = jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32)
+    images = jnp.zeros((1, h, w, 3), jnp.float32)
     rng = jax.random.key(0)
     if kind == "reid":
         from personvit_jax.models.reid import reid_model_from_config
 
         model = reid_model_from_config(config, num_classes, num_cameras)
-        cams = jax.ShapeDtypeStruct((1,), jnp.int32) if config.model.sie else None
-        tree = jax.eval_shape(lambda: model.init(rng, jnp.zeros(images.shape), cams if cams is
-                                                 None else jnp.zeros((1,), jnp.int32)))
+        cams = jnp.zeros((1,), jnp.int32) if config.model.sie else None
+        tree = jax.eval_shape(lambda: model.init(rng, images, cams))
     elif kind == "backbone":
         from personvit_jax.models.vit import vit_from_config
 
         vit = vit_from_config(config.model, use_mask_token=config.model.get("mask_token", False))
-        tree = {"params": {"backbone": jax.eval_shape(
-            lambda: vit.init(rng, jnp.zeros(images.shape)))["params"]}}
+        tree = {"params": {"backbone": jax.eval_shape(lambda: vit.init(rng, images))["params"]}}
     else:  # "pretrain": the teacher of configs/pretrain.py's model
         from personvit_jax.models.pretrain import pretrain_model_from_config
 
         teacher = pretrain_model_from_config(config, student=False)
-        tree = {"teacher": jax.eval_shape(lambda: teacher.init(rng, jnp.zeros(images.shape)))[
-            "params"]}
+        tree = {"teacher": jax.eval_shape(lambda: teacher.init(rng, images))["params"]}
     return {tuple(getattr(k, "key", k) for k in path): leaf
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
