@@ -120,6 +120,9 @@ def prepare(dataset: str, source: str, data_dir: str, *, csv_path: Optional[str]
             out: Callable[[str], None] = print) -> dict:
     """Builds `dataset` from `source` into data_dir and reports on it through `out`; returns the
     build's metadata (labelled) or build summary (unlabeled_folder)."""
+    final = os.path.join(data_dir, dataset, builders.VERSION)
+    if dataset != builders.UnlabeledFolder.name and os.path.exists(final) and not overwrite:
+        raise FileExistsError(f"{final} already exists; pass --overwrite to rebuild it")
     with source_folder(source, data_dir) as folder:
         if dataset == builders.UnlabeledFolder.name:
             summary = builders.build_unlabeled(
@@ -132,7 +135,7 @@ def prepare(dataset: str, source: str, data_dir: str, *, csv_path: Optional[str]
             return summary
         meta = builders.build_labelled(dataset, folder, data_dir, skip_corrupt=skip_corrupt,
                                        csv_path=csv_path, overwrite=overwrite)
-    out(f"{dataset} -> {os.path.abspath(os.path.join(data_dir, dataset, builders.VERSION))}")
+    out(f"{dataset} -> {os.path.abspath(final)}")
     out(format_table(meta["stats"]))
     if not meta["has_camera_ids"]:
         out("No camera ids: every image has its own camera id, so evaluation compares each query "
