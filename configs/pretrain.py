@@ -33,7 +33,7 @@ def get_config(arg=None):
     # folder: every image under `root`, read from the files (no build; listing cached in the
     # workdir); synthetic or a prepared labelled dataset name: its train split (labels unused)
     d.name = "unlabeled_folder"
-    d.root = "data/LUPerson"  # unlabeled person crops (any sub-folder tree of .jpg/.png), name=folder
+    d.root = "data/LUPerson"  # name=folder: person crops (any sub-folder tree of .jpg/.png)
     d.data_dir = "data"  # where data.prepare wrote the builds / the synthetic set is generated
     d.synthetic = ml_collections.ConfigDict({  # generator arguments (name=synthetic)
         "seed": 0, "num_train_ids": 450, "num_test_ids": 150, "images_per_id": (4, 8),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from personvit_jax.data import augment, builders, layouts, pipeline
+from personvit_jax.data import builders, layouts, pipeline
 from personvit_jax.data.prepare import prepare
 
 # Train: 6 ids x 4 images on cameras 1, 2, 3, 5 (enough for P x K = 4 x 4), one junk image.
@@ -177,7 +177,8 @@ def test_custom_folder_with_csv(tmp_path):
     for split in ("train", "query", "gallery"):
         for pid in (3, 8, 12):
             for j in range(2):
-                rows.append(f"{split}/{pid:04d}/img{j}.jpg,{pid + 100},{10 + j + (split == 'gallery')}")
+                cam = 10 + j + (split == "gallery")
+                rows.append(f"{split}/{pid:04d}/img{j}.jpg,{pid + 100},{cam}")
     with open(csv_path, "w") as f:
         f.write("\n".join(rows) + "\n")
     data_dir = str(tmp_path / "data")
@@ -241,7 +242,7 @@ def test_corrupt_jpeg_stops_naming_it_or_is_skipped_and_counted(tmp_path):
     assert meta["stats"]["query"]["images"] == 1
     png = os.path.join(root, "query", MARKET_QUERY[0])
     Image.new("RGB", (8, 16)).save(png, format="PNG")
-    with pytest.raises(builders.CorruptImageError, match=f"{png}: expected a JPEG image, found PNG"):
+    with pytest.raises(builders.CorruptImageError, match=f"{png}: expected a JPEG image, found"):
         prepare("market1501", root, data_dir, overwrite=True, out=lambda _: None)
     assert pipeline.load_splits("market1501", data_dir)["query"].paths[0].endswith(
         MARKET_QUERY[0])  # the earlier build is still there, untouched

@@ -130,8 +130,8 @@ def parse_market_dir(directory: str, num_cameras: int, relabel: bool = False) ->
                          "0002_c1s1_000451_03.jpg)")
     pids = np.asarray(pids, np.int32)
     split = os.path.basename(os.path.normpath(directory))
-    return Split(split, paths, relabel_pids(pids) if relabel else pids, np.asarray(camids, np.int32),
-                 num_junk=junk)
+    return Split(split, paths, relabel_pids(pids) if relabel else pids,
+                 np.asarray(camids, np.int32), num_junk=junk)
 
 
 def load_market_layout(root: str, num_cameras: int, relabel: bool = True) -> dict[str, Split]:
