@@ -134,6 +134,26 @@ def inference_variables(path: str) -> tuple[str, dict]:
     return "backbone", {"params": pretrained_backbone(path)}
 
 
+def pretrained_head(path: str, fresh_head: dict, log=print) -> dict:
+    """The projection head to continue pretraining with: the checkpoint's TEACHER head (a
+    pretrain run, or iBOT/DINO weights converted with --heads) when it has exactly the arrays
+    and shapes of `fresh_head`; else `fresh_head`, and the log says why."""
+    tree = load_state_tree(path)
+    head = tree.get("teacher", {}).get("head") if isinstance(tree.get("teacher"), dict) else None
+    if head is None:
+        log(f"init_from: {path} has no projection head; the head starts fresh")
+        return fresh_head
+    want = {path_name(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(fresh_head)}
+    have = {path_name(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(head)}
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        log(f"init_from: the head of {path} does not match config.head ({diff[:5]}); the head "
+            "starts fresh")
+        return fresh_head
+    log(f"init_from: projection head loaded from {path} (teacher head)")
+    return jax.tree.map(lambda f, h: np.asarray(h, np.asarray(f).dtype), fresh_head, head)
+
+
 def merge_backbone(params: dict, backbone: dict, source: str, pos_grid, log=print) -> dict:
     """Copies `backbone` into params['backbone'] (pos_embed resized when the grid differs; the
     JPM block, if any, starts as a copy of the last block). Other mismatches are errors that name
