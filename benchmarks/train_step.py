@@ -3,9 +3,13 @@ matmul peak measured on the same backend (and MFU on GPU/TPU when the device pea
 
   python benchmarks/train_step.py --stage=finetune --model=vit_small --batch=64
   python benchmarks/train_step.py --stage=pretrain --model=vit_small --batch=16
+  python benchmarks/train_step.py --stage=pretrain --model=vit_base --batch=256 \
+      --dtype=bfloat16 --fsdp=-1 --remat --accum=2          # e.g. on an 8-GPU host
 
-Uses the stage's own train step (same jit, shardings and donation) on random inputs: fine-tune
-256x128 images; pretrain 2 global 256x128 + 8 local 128x64 crops per image, iBOT head 8192.
+Uses the stage's own train step (same sharded state, jit and donation) on random inputs:
+fine-tune 256x128 images; pretrain 2 global 256x128 + 8 local 128x64 crops per image, iBOT head
+8192. --data/--fsdp give the mesh (as config.mesh), --dtype the compute dtype, --remat block
+rematerialisation, --accum gradient-accumulation micro-batches. The batch is global.
 """
 
 import argparse
@@ -42,9 +46,9 @@ def load_config(name, arg):
     return mod.get_config(arg)
 
 
-def matmul_peak(n=2048, reps=5) -> float:
-    """Median FLOP/s of an n x n x n float32 matmul on the default device."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+def matmul_peak(dtype="float32", n=2048, reps=5) -> float:
+    """Median FLOP/s of an n x n x n matmul in `dtype` on the default device."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     times = []
@@ -55,21 +59,29 @@ def matmul_peak(n=2048, reps=5) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
+def apply_args(config, args):
+    """The command-line layout / precision / memory options, as the config fields they set."""
+    config.mesh.data, config.mesh.fsdp = args.data, args.fsdp
+    config.model.compute_dtype = args.dtype
+    config.model.remat = args.remat
+    config.optim.accum_steps = args.accum
+    return config
+
+
 def bench_finetune(args):
-    config = load_config("finetune", f"model={args.model}")
+    config = apply_args(load_config("finetune", f"model={args.model}"), args)
     config.data.num_instances = 4
     config.data.num_ids_per_batch = args.batch // 4
     h, w = config.data.image_size
-    mesh = sharding.make_mesh()
-    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    mesh = sharding.make_mesh(config.mesh)
+    optim.check_accum_steps(args.batch, args.accum, 4, mesh.devices.size, "--batch",
+                            min_groups=2)
     model = reid_model_from_config(config, num_classes=751)
     tx, schedule = optim.make_finetune_optimizer(config.optim, steps_per_epoch=200)
-    state = jax.jit(lambda: finetune.init_train_state(model, tx, config, (h, w)),
-                    out_shardings=repl)()
-    state_sh = jax.tree.map(lambda _: repl, state)
-    step = jax.jit(finetune.make_train_step(model, tx, schedule, config),
-                   in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
-                   donate_argnums=0)
+    state, state_sh = sharding.init_sharded(
+        lambda: finetune.init_train_state(model, tx, config, (h, w)), mesh, config.mesh)
+    step = sharding.jit_train_step(finetune.make_train_step(model, tx, schedule, config),
+                                   state_sh, mesh)
     rng = np.random.default_rng(0)
     batch = sharding.to_global({
         "images": rng.standard_normal((args.batch, h, w, 3), np.float32),
@@ -79,23 +91,22 @@ def bench_finetune(args):
 
 
 def bench_pretrain(args):
-    config = load_config("pretrain", f"model={args.model}")
+    config = apply_args(load_config("pretrain", f"model={args.model}"), args)
     config.data.batch_size = args.batch
     d = config.data
     (h, w), (lh, lw) = d.global_size, d.local_size
-    mesh = sharding.make_mesh()
-    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    mesh = sharding.make_mesh(config.mesh)
+    optim.check_accum_steps(args.batch, args.accum, 1, mesh.devices.size, "--batch")
     student = pretrain_model_from_config(config, student=True)
     teacher = pretrain_model_from_config(config, student=False)
     params = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0),
                                                  jnp.zeros((1, h, w, 3)))["params"])
     tx, schedules = optim.make_pretrain_optimizer(config.optim, params, args.batch, 1000)
-    state = jax.jit(lambda: pretrain.init_pretrain_state(student, tx, config),
-                    out_shardings=repl)()
-    state_sh = jax.tree.map(lambda _: repl, state)
-    step = jax.jit(pretrain.make_pretrain_step(student, teacher, tx, schedules, config, 1000),
-                   in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
-                   donate_argnums=0)
+    state, state_sh = sharding.init_sharded(
+        lambda: pretrain.init_pretrain_state(student, tx, config), mesh, config.mesh)
+    step = sharding.jit_train_step(
+        pretrain.make_pretrain_step(student, teacher, tx, schedules, config, 1000), state_sh,
+        mesh)
     rng = np.random.default_rng(0)
     n = grid_size(d.global_size, config.model.patch_size, config.model.patch_stride)
     batch = sharding.to_global({
@@ -107,10 +118,18 @@ def bench_pretrain(args):
 
 
 def _flops(step, state, batch) -> float:
-    """FLOPs of one step from XLA's cost analysis of the compiled program."""
+    """FLOPs of one step over all devices, from XLA's cost analysis of the compiled program
+    (which counts one device's share of the partitioned program; with --remat it includes the
+    recomputed forward passes)."""
     cost = step.lower(state, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+    per_device = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    return per_device * jax.tree.leaves(state)[0].sharding.mesh.devices.size
+
+
+def step_mesh(state):
+    """The (data, fsdp) mesh the state lives on."""
+    return jax.tree.leaves(state)[0].sharding.mesh.shape
 
 
 def main():
@@ -120,6 +139,12 @@ def main():
     p.add_argument("--batch", type=int, default=None,
                    help="images per step (default: 64 fine-tune, 16 pretrain)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--data", type=int, default=-1, help="mesh `data` axis (-1 = the rest)")
+    p.add_argument("--fsdp", type=int, default=1, help="mesh `fsdp` axis (-1 = the rest)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="compute dtype (parameters and optimizer state stay float32)")
+    p.add_argument("--remat", action="store_true", help="rematerialise transformer blocks")
+    p.add_argument("--accum", type=int, default=1, help="gradient-accumulation micro-batches")
     args = p.parse_args()
     if args.batch is None:
         args.batch = 64 if args.stage == "finetune" else 16
@@ -138,17 +163,20 @@ def main():
         jax.block_until_ready(state)
         times.append(time.perf_counter() - t)
     dt = statistics.median(times)
-    peak = matmul_peak()
     dev = jax.devices()[0]
+    n_dev = jax.tree.leaves(state)[0].sharding.mesh.devices.size
+    # Fake CPU devices share the same cores: the CPU peak is that of the whole host.
+    peak = matmul_peak(args.dtype) * (1 if jax.default_backend() == "cpu" else n_dev)
     device_peak = DEVICE_PEAK.get(dev.device_kind)
     print(json.dumps({
         "stage": args.stage, "model": args.model, "batch": args.batch, "image_size": size,
         "backend": jax.default_backend(), "device_kind": dev.device_kind,
-        "num_devices": jax.device_count(), "dtype": "float32",
+        "num_devices": jax.device_count(), "mesh": dict(step_mesh(state)), "dtype": args.dtype,
+        "remat": args.remat, "accum_steps": args.accum,
         "step_time_s": round(dt, 4), "img_per_s": round(args.batch / dt, 2),
         "flops_per_step": flops, "achieved_flop_per_s": flops / dt,
-        "matmul_peak_flop_per_s": peak, "fraction_of_matmul_peak": round(flops / dt / peak, 3),
-        "mfu": round(flops / dt / (device_peak * jax.device_count()), 3) if device_peak else None,
+        "matmul_peak_flop_per_s": peak, "flops_include_remat": args.remat, "fraction_of_matmul_peak": round(flops / dt / peak, 3),
+        "mfu": round(flops / dt / (device_peak * n_dev), 3) if device_peak else None,
         "timed_steps": args.steps}))
 
 

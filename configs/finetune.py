@@ -81,7 +81,10 @@ def get_config(arg=None):
     m.sie = False  # TransReID side-information (camera) embedding
     m.jpm = False  # TransReID jigsaw patch module (4 local branches); PersonViT keeps it off
     m.jpm_groups = 4  # JPM local branches
-    m.compute_dtype = "float32"  # float32 | bfloat16 (params and optimizer stay float32)
+    # Mixed precision: bfloat16 matmuls/activations in the ViT; parameters, optimizer state,
+    # LayerNorms, softmaxes, the BNNeck and the losses stay float32.
+    m.compute_dtype = "float32"  # float32 | bfloat16
+    m.remat = False  # recompute each block in the backward pass (less memory, ~1/3 more FLOPs)
 
     # ---------------------------------------------------------------- loss
     c.loss = l = ml_collections.ConfigDict()
@@ -105,6 +108,11 @@ def get_config(arg=None):
     o.warmup_factor = 0.01  # warm-up starts at 0.01 x base_lr
     o.final_lr_factor = 0.002  # cosine ends at 0.002 x base_lr
     o.per_epoch_schedule = True  # LR changes once per epoch (as PersonViT); False = every step
+    # Gradient accumulation: each step's P x K batch runs as `accum_steps` micro-batches of
+    # whole identities (P / accum_steps ids each), one optimizer update per step. The triplet
+    # mines and BatchNorm normalises within a micro-batch, so this is NOT a P x K batch of
+    # accum_steps x the memory; it lowers activation memory at the same batch.
+    o.accum_steps = 1
 
     # ---------------------------------------------------------------- evaluation
     c.eval = e = ml_collections.ConfigDict()
@@ -117,8 +125,12 @@ def get_config(arg=None):
     e.max_rank = 50  # CMC length
 
     # ---------------------------------------------------------------- devices
+    # Batches are split over data x fsdp devices; parameters and optimizer state are
+    # replicated over `data` and split over `fsdp` (training/sharding.py). -1 = the rest.
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # devices on the `data` axis (batch split, state replicated); -1 = all
+    c.mesh.data = -1  # devices on the `data` axis
+    c.mesh.fsdp = 1  # devices on the `fsdp` axis (1 = plain data parallelism)
+    c.mesh.fsdp_min_size = 2 ** 16  # arrays with fewer elements stay replicated
 
     # ---------------------------------------------------------------- bookkeeping
     c.log_every_steps = 50  # metrics to TensorBoard / metrics.jsonl / progress line

@@ -71,7 +71,10 @@ def get_config(arg=None):
     m.patch_stride = 16  # patch stride
     m.pos_grid = (16, 8)  # stored position-embedding grid (= global crop grid)
     m.drop_path_rate = 0.1  # stochastic depth of the STUDENT (teacher: none)
+    # Mixed precision: bfloat16 matmuls/activations in the ViT; parameters, optimizer state,
+    # the EMA teacher, centres, LayerNorms, softmaxes, the iBOT head and losses stay float32.
     m.compute_dtype = "float32"  # float32 | bfloat16
+    m.remat = False  # recompute each block in the backward pass (less memory, ~1/3 more FLOPs)
 
     # ---------------------------------------------------------------- head
     c.head = h = ml_collections.ConfigDict()
@@ -107,6 +110,11 @@ def get_config(arg=None):
     o.epochs = 300  # training length; an epoch = len(images) // batch_size steps
     o.ema_momentum = 0.996  # teacher EMA momentum at step 0, cosine to `ema_momentum_end`
     o.ema_momentum_end = 1.0
+    # Gradient accumulation: each step's batch runs as `accum_steps` micro-batches (every
+    # accum_steps-th image), one optimizer / EMA / centre update per step. All losses are means
+    # over images, so this equals the whole batch (drop path aside) at 1 / accum_steps of the
+    # activation memory.
+    o.accum_steps = 1
 
     # ---------------------------------------------------------------- retrieval monitor
     c.monitor = e = ml_collections.ConfigDict()
@@ -116,8 +124,12 @@ def get_config(arg=None):
     e.batch_size = 128  # global eval batch
 
     # ---------------------------------------------------------------- devices, bookkeeping
+    # Batches are split over data x fsdp devices; student, teacher and optimizer state are
+    # replicated over `data` and split over `fsdp` (training/sharding.py). -1 = the rest.
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # devices on the `data` axis; -1 = all
+    c.mesh.data = -1  # devices on the `data` axis
+    c.mesh.fsdp = 1  # devices on the `fsdp` axis (1 = plain data parallelism)
+    c.mesh.fsdp_min_size = 2 ** 16  # arrays with fewer elements stay replicated
     c.log_every_steps = 50  # metrics to TensorBoard / metrics.jsonl / progress line
     c.checkpoint_every_steps = 1000  # Orbax save interval (a final save always happens)
     c.keep_checkpoints = 3  # keep the last N checkpoints

@@ -54,6 +54,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_divisible(batch_size, mesh, "train batch (P x K)")
     sharding.check_batch_divisible(config.eval.batch_size, mesh, "config.eval.batch_size")
+    # Micro-batches of whole identities, >= 2 each (the batch-hard triplet needs negatives).
+    optim.check_accum_steps(batch_size, config.optim.accum_steps, config.data.num_instances,
+                            mesh.devices.size, "train batch (P x K)", min_groups=2)
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
 
     # ------------------------------------------------------------------ model & optimizer
@@ -64,16 +67,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     use_cams = config.model.sie
 
     # ------------------------------------------------------------------ train state & shardings
-    state = jax.jit(lambda: init_train_state(model, tx, config, (h, w)), out_shardings=repl)()
-    state_sh = jax.tree.map(lambda _: repl, state)
+    # Parameters and optimizer state replicated or FSDP-sharded by sharding.STATE_RULES.
+    state, state_sh = sharding.init_sharded(lambda: init_train_state(model, tx, config, (h, w)),
+                                            mesh, config.mesh)
 
     # ------------------------------------------------------------------ steps
-    train_step = jax.jit(make_train_step(model, tx, lr_schedule, config),
-                         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
-                         donate_argnums=0)
+    train_step = sharding.jit_train_step(make_train_step(model, tx, lr_schedule, config),
+                                         state_sh, mesh)
 
+    variables_sh = {"params": state_sh["params"], "batch_stats": state_sh["batch_stats"]}
     embed = jax.jit(reid_embed_fn(model, config.eval, use_cams),
-                    in_shardings=(repl, batch_sh, batch_sh), out_shardings=repl)
+                    in_shardings=(variables_sh, batch_sh, batch_sh), out_shardings=repl)
 
     def run_eval(state) -> dict[str, Any]:
         variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
@@ -101,7 +105,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                      num_classes, config.data.name,
                      f" (the checkpoint's classifier had {src_classes} ids; not loaded)"
                      if src_classes else "")
-        return jax.device_put(dict(state, params=params, opt_state=tx.init(params)), repl)
+        return jax.device_put(dict(state, params=params, opt_state=tx.init(params)), state_sh)
 
     state = checkpointing.restore_or_initialize(ckpt, state, data_iter, config.init_from,
                                                 load_backbone, log=logging.info,
@@ -131,25 +135,35 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def make_train_step(model, tx, lr_schedule, config):
     """(state, batch) -> (state, metrics): one SGD/AdamW step on ID + triplet loss (unjitted;
-    the caller jits it with its shardings). batch: images [B, H, W, 3], labels [B], camids [B]."""
+    the caller jits it with its shardings). batch: images [B, H, W, 3], labels [B], camids [B]
+    in P x K order (K consecutive rows per identity)."""
     use_cams = config.model.sie
     loss_kw = dict(id_weight=config.loss.id_weight, triplet_weight=config.loss.triplet_weight,
                    label_smoothing=config.loss.label_smoothing,
                    triplet_margin=_triplet_margin(config.loss))
+    accum_steps = config.optim.get("accum_steps", 1)
 
-    def train_step(state, batch):
-        # One key per step from (seed, step): drop path is the same on resume and on any mesh.
-        rng = jax.random.fold_in(state["rng"], state["step"])
-
+    def grad_fn(params, batch_stats, batch, rng):
         def loss_fn(params):
             out, new_vars = model.apply(
-                {"params": params, "batch_stats": state["batch_stats"]}, batch["images"],
+                {"params": params, "batch_stats": batch_stats}, batch["images"],
                 batch["camids"] if use_cams else None, train=True, mutable=["batch_stats"],
                 rngs={"dropout": rng})
             loss, metrics = reid_loss(out, batch["labels"], **loss_kw)
             return loss, (metrics, new_vars["batch_stats"])
 
-        grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state["params"])
+        grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
+        return grads, batch_stats, metrics
+
+    def train_step(state, batch):
+        # One key per step from (seed, step): drop path is the same on resume and on any mesh.
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        # accum_steps > 1: micro-batches of whole identities (groups of K rows); the triplet
+        # mines and BatchNorm normalises within each, its running stats update once per
+        # micro-batch; gradients and metrics are micro-batch means; one optimizer update.
+        grads, batch_stats, metrics = optim.accumulate_gradients(
+            grad_fn, state["params"], state["batch_stats"], batch, rng, accum_steps,
+            group=config.data.num_instances)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         metrics["lr"] = lr_schedule(state["step"])
         metrics["grad_norm"] = optax.tree.norm(grads)

@@ -57,6 +57,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_divisible(batch_size, mesh, "config.data.batch_size")
     sharding.check_batch_divisible(config.monitor.batch_size, mesh, "config.monitor.batch_size")
+    optim.check_accum_steps(batch_size, config.optim.accum_steps, 1, mesh.devices.size,
+                            "config.data.batch_size")
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
 
     # ------------------------------------------------------------------ model & optimizer
@@ -69,16 +71,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                                   steps_per_epoch)
 
     # ------------------------------------------------------------------ train state
-    state = jax.jit(lambda: init_pretrain_state(student, tx, config), out_shardings=repl)()
-    state_sh = jax.tree.map(lambda _: repl, state)
+    # Student, teacher and optimizer state replicated or FSDP-sharded by sharding.STATE_RULES.
+    state, state_sh = sharding.init_sharded(lambda: init_pretrain_state(student, tx, config),
+                                            mesh, config.mesh)
 
     # ------------------------------------------------------------------ steps
-    train_step = jax.jit(make_pretrain_step(student, teacher, tx, schedules, config,
-                                            steps_per_epoch),
-                         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
-                         donate_argnums=0)
+    train_step = sharding.jit_train_step(
+        make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch), state_sh,
+        mesh)
 
-    @functools.partial(jax.jit, in_shardings=(repl, batch_sh, batch_sh), out_shardings=repl)
+    @functools.partial(jax.jit, in_shardings=(state_sh["teacher"], batch_sh, batch_sh),
+                       out_shardings=repl)
     def embed(params, images, camids):
         del camids
         return normalize_rows(
@@ -111,7 +114,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         params = jax.tree.map(np.asarray, params)  # host copies: the two trees must not
         # share device buffers (the jitted step donates both)
         return jax.device_put(dict(state, student=params, teacher=jax.tree.map(np.copy, params),
-                                   opt_state=tx.init(params)), repl)
+                                   opt_state=tx.init(params)), state_sh)
 
     state = checkpointing.restore_or_initialize(ckpt, state, data_iter, config.init_from,
                                                 load_backbone, log=logging.info,
@@ -167,34 +170,52 @@ def make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch:
     def crop_major(x):  # [B, C, ...] -> [C * B, ...]: crop c of every image is contiguous
         return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
 
+    accum_steps = config.optim.get("accum_steps", 1)
+
     def train_step(state, batch):
         step = state["step"]
         epoch = step // steps_per_epoch
-        rng_g, rng_l = jax.random.split(jax.random.fold_in(state["rng"], step))
-        b, n_local = batch["global"].shape[0], batch["local"].shape[1]
-        globals_, masks = crop_major(batch["global"]), crop_major(batch["masks"])
-        t = teacher.apply({"params": state["teacher"]}, globals_)
-        t_cls = t["cls_logits"].reshape(2, b, -1)
-        t_patch = t["patch_logits"].reshape(2, b, masks.shape[-1], -1)
         t_temp, tp_temp = temp(epoch, l.teacher_temp), temp(epoch, l.teacher_patch_temp)
 
-        def loss_fn(params):
-            sg = student.apply({"params": params}, globals_, mask_bn=masks, train=True,
-                               rngs={"dropout": rng_g})
-            s_cls = [sg["cls_logits"].reshape(2, b, -1)]
-            if n_local:
-                sl = student.apply({"params": params}, crop_major(batch["local"]), train=True,
-                                   with_patches=False, rngs={"dropout": rng_l})
-                s_cls.append(sl["cls_logits"].reshape(n_local, b, -1))
-            cls_loss = losses.cls_distillation(jnp.concatenate(s_cls), t_cls, state["center"],
-                                               l.student_temp, t_temp)
-            patch_loss = losses.masked_patch_distillation(
-                sg["patch_logits"].reshape(t_patch.shape), t_patch, masks.reshape(2, b, -1),
-                state["center_patch"], l.student_temp, tp_temp)
-            loss = l.cls_weight * cls_loss + l.patch_weight * patch_loss
-            return loss, {"loss": loss, "cls_loss": cls_loss, "patch_loss": patch_loss}
+        def grad_fn(params, carry, batch, rng):
+            """Gradient and metrics of one (micro-)batch, with the teacher's mean outputs [K]
+            over its crops / patches (for the centres)."""
+            rng_g, rng_l = jax.random.split(rng)
+            b, n_local = batch["global"].shape[0], batch["local"].shape[1]
+            globals_, masks = crop_major(batch["global"]), crop_major(batch["masks"])
+            t = teacher.apply({"params": state["teacher"]}, globals_)
+            t_cls = t["cls_logits"].reshape(2, b, -1)
+            t_patch = t["patch_logits"].reshape(2, b, masks.shape[-1], -1)
 
-        grads, metrics = jax.grad(loss_fn, has_aux=True)(state["student"])
+            def loss_fn(params):
+                sg = student.apply({"params": params}, globals_, mask_bn=masks, train=True,
+                                   rngs={"dropout": rng_g})
+                s_cls = [sg["cls_logits"].reshape(2, b, -1)]
+                if n_local:
+                    sl = student.apply({"params": params}, crop_major(batch["local"]),
+                                       train=True, with_patches=False, rngs={"dropout": rng_l})
+                    s_cls.append(sl["cls_logits"].reshape(n_local, b, -1))
+                cls_loss = losses.cls_distillation(jnp.concatenate(s_cls), t_cls,
+                                                   state["center"], l.student_temp, t_temp)
+                patch_loss = losses.masked_patch_distillation(
+                    sg["patch_logits"].reshape(t_patch.shape), t_patch, masks.reshape(2, b, -1),
+                    state["center_patch"], l.student_temp, tp_temp)
+                loss = l.cls_weight * cls_loss + l.patch_weight * patch_loss
+                return loss, {"loss": loss, "cls_loss": cls_loss, "patch_loss": patch_loss}
+
+            grads, metrics = jax.grad(loss_fn, has_aux=True)(params)
+            mean_k = lambda x: jnp.mean(x.astype(jnp.float32).reshape(-1, x.shape[-1]), axis=0)
+            metrics.update(masked_fraction=jnp.mean(masks.astype(jnp.float32)),
+                           teacher_cls_mean=mean_k(t_cls), teacher_patch_mean=mean_k(t_patch))
+            return grads, carry, metrics
+
+        # accum_steps > 1: micro-batches of every A-th image. Every loss term is a mean over
+        # images, so the mean of the micro-batch gradients is the whole batch's gradient, and
+        # the mean of the micro-batches' teacher means is the whole batch's (for the centres).
+        grads, _, metrics = optim.accumulate_gradients(
+            grad_fn, state["student"], None, batch, jax.random.fold_in(state["rng"], step),
+            accum_steps)
+        t_cls_mean, t_patch_mean = metrics.pop("teacher_cls_mean"), metrics.pop("teacher_patch_mean")
         # The head's last layer stays fixed during the first epoch(s) (DINO: stabilises start).
         frozen = epoch < config.head.freeze_last_layer_epochs
         keep = lambda path, g: jnp.where(frozen & _is_last_layer(path), 0.0, g)
@@ -207,12 +228,11 @@ def make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch:
                                       state["teacher"], params)
         new_state = dict(
             state, step=step + 1, student=params, teacher=teacher_params, opt_state=opt_state,
-            center=losses.update_center(state["center"], t_cls, l.center_momentum),
-            center_patch=losses.update_center(state["center_patch"], t_patch, l.center_momentum))
+            center=losses.update_center(state["center"], t_cls_mean[None], l.center_momentum),
+            center_patch=losses.update_center(state["center_patch"], t_patch_mean[None],
+                                              l.center_momentum))
         metrics.update(lr=schedules["lr"](step), weight_decay=schedules["weight_decay"](step),
-                       ema_momentum=m, teacher_temp=t_temp,
-                       masked_fraction=jnp.mean(masks.astype(jnp.float32)),
-                       grad_norm=optax.tree.norm(grads))
+                       ema_momentum=m, teacher_temp=t_temp, grad_norm=optax.tree.norm(grads))
         return loop.guard_nonfinite(state, new_state, metrics)
 
     return train_step

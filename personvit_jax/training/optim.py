@@ -119,3 +119,86 @@ def make_pretrain_optimizer(optim_cfg, params, batch_size: int, steps_per_epoch:
         add_scheduled_weight_decay(wd, decay_mask(params)),
         optax.scale_by_learning_rate(lr))
     return tx, {"lr": lr, "weight_decay": wd, "ema_momentum": ema}
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient accumulation: `accum_steps` micro-batches scanned inside the one jitted train step.
+#
+# Not optax.MultiSteps: that applies one update every k CALLS, so each call (and each loop
+# step, checkpoint, schedule tick, EMA teacher update and centre update) would see a
+# micro-batch. Here a step is still one global batch and one optimizer update; only the
+# forward/backward is split, so activation memory is that of one micro-batch.
+# ---------------------------------------------------------------------------------------------
+
+
+def split_microbatches(x, accum_steps: int, group: int = 1):
+    """[B, ...] -> [A, B / A, ...]: micro-batch a takes the groups of `group` consecutive rows
+    whose group index is a (mod A).
+
+    Example, B = 8, A = 2, group = 2 (P x K batch, K = 2): rows [0 1 | 2 3 | 4 5 | 6 7] ->
+    micro-batch 0 = [0 1 4 5], micro-batch 1 = [2 3 6 7]: whole identities in each. The
+    assignment depends on the global row index only (same on any mesh), and a device holding a
+    multiple of A groups keeps its rows (no data moves between devices).
+    """
+    b = x.shape[0]
+    if b % (accum_steps * group):
+        raise ValueError(f"batch of {b} rows cannot be split into {accum_steps} micro-batches "
+                         f"of whole groups of {group}")
+    x = x.reshape((b // (accum_steps * group), accum_steps, group) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1).reshape((accum_steps, b // accum_steps) + x.shape[3:])
+
+
+def accumulate_gradients(grad_fn, params, carry, batch: dict, rng, accum_steps: int,
+                         group: int = 1):
+    """The step's gradient as the mean over `accum_steps` micro-batches.
+
+    grad_fn(params, carry, micro_batch, rng) -> (grads, carry, aux) runs once per micro-batch
+    (`lax.scan`, so the program holds one copy of the forward/backward); `carry` is threaded
+    through in order (e.g. BatchNorm running statistics), `grads` and the pytree `aux` (metrics,
+    float scalars/arrays) are averaged. Micro-batch a gets rng fold_in(rng, a). accum_steps = 1
+    calls grad_fn on the whole batch with `rng` itself (no scan).
+
+    Equal to one big batch when the loss is a mean of per-image terms over equal-sized micro-
+    batches (pretraining); not for terms that couple the images of a batch (batch-hard triplet
+    mining, BatchNorm statistics), which then see one micro-batch at a time.
+    """
+    if accum_steps == 1:
+        return grad_fn(params, carry, batch, rng)
+    micro = jax.tree.map(lambda x: split_microbatches(x, accum_steps, group), batch)
+    first = jax.tree.map(lambda x: x[0], micro)
+    g_shape, _, aux_shape = jax.eval_shape(grad_fn, params, carry, first, rng)
+    zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), tree)
+
+    def body(acc, xs):
+        g_sum, aux_sum, carry = acc
+        index, mb = xs
+        g, carry, aux = grad_fn(params, carry, mb, jax.random.fold_in(rng, index))
+        add = lambda s, v: s + v.astype(jnp.float32)
+        return (jax.tree.map(add, g_sum, g), jax.tree.map(add, aux_sum, aux), carry), None
+
+    (g_sum, aux_sum, carry), _ = jax.lax.scan(
+        body, (zeros(g_shape), zeros(aux_shape), carry), (jnp.arange(accum_steps), micro))
+    mean = lambda tree, like: jax.tree.map(lambda s, l: (s / accum_steps).astype(l.dtype),
+                                           tree, like)
+    return mean(g_sum, g_shape), carry, mean(aux_sum, aux_shape)
+
+
+def check_accum_steps(batch_size: int, accum_steps: int, group: int, num_devices: int,
+                      what: str, min_groups: int = 1) -> int:
+    """Micro-batch size, after checking that `config.optim.accum_steps` splits `what` (a batch
+    of `batch_size` in groups of `group`) into equal micro-batches of at least `min_groups`
+    whole groups that the devices share evenly."""
+    if accum_steps < 1:
+        raise ValueError(f"config.optim.accum_steps={accum_steps}: expected >= 1")
+    if batch_size % (accum_steps * group):
+        raise ValueError(f"config.optim.accum_steps={accum_steps}: {what} = {batch_size} is not "
+                         f"{accum_steps} micro-batches of whole groups of {group}")
+    if batch_size // (accum_steps * group) < min_groups:
+        raise ValueError(f"config.optim.accum_steps={accum_steps}: a micro-batch of {what} "
+                         f"would hold {batch_size // (accum_steps * group)} groups of {group}; "
+                         f"at least {min_groups} are needed")
+    micro = batch_size // accum_steps
+    if micro % num_devices:
+        raise ValueError(f"config.optim.accum_steps={accum_steps}: the micro-batch of {micro} "
+                         f"is not divisible by the {num_devices} devices of the mesh")
+    return micro
