@@ -156,6 +156,12 @@ def get_config(arg=None):
         h.hidden_dim = 512
         h.norm_last_layer = False
         l.teacher_temp = l.teacher_patch_temp = l.warmup_teacher_temp = 0.04
+        # Identity on the synthetic set is mostly garment colour: hue/saturation jitter,
+        # grayscale and solarisation teach invariance to exactly that. Keeping only brightness
+        # and contrast jitter doubled the mAP of fine-tuning from the teacher (0.202 -> 0.405,
+        # same 30-epoch fine-tune). On real person crops keep DINO's colour ops (defaults above).
+        d.color_jitter.saturation = d.color_jitter.hue = 0.0
+        d.grayscale_prob = d.solarize_prob = 0.0
         o.base_lr = 2e-3 * 256 / 32  # 2e-3 at batch 32
         o.epochs = 10
         o.warmup_epochs = 1
