@@ -31,25 +31,11 @@ def reference_per_query(distmat, q_pids, g_pids, q_camids, g_camids):
 
 def reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
     """Averages of `reference_per_query`: (CMC, mAP, mINP, number of valid queries)."""
-    aps, inps, cmcs = [], [], []
-    distmat = np.asarray(distmat, np.float32)
-    for i in range(len(q_pids)):
-        order = sorted(range(len(g_pids)), key=lambda j: (distmat[i, j], j))
-        ranked = [j for j in order if not (g_pids[j] == q_pids[i] and g_camids[j] == q_camids[i])]
-        hits = [g_pids[j] == q_pids[i] for j in ranked]
-        if not any(hits):
-            continue
-        precisions, found = [], 0
-        for r, h in enumerate(hits):
-            if h:
-                found += 1
-                precisions.append(found / (r + 1))
-        aps.append(np.mean(precisions))
-        last = max(r for r, h in enumerate(hits) if h)
-        inps.append(sum(hits) / (last + 1))
-        first = hits.index(True)
-        cmcs.append([1.0 if r >= first else 0.0 for r in range(max_rank)])
-    return np.mean(cmcs, 0), float(np.mean(aps)), float(np.mean(inps)), len(aps)
+    per_query = [r for r in reference_per_query(distmat, q_pids, g_pids, q_camids, g_camids)
+                 if r is not None]
+    cmcs = [[1.0 if r >= first else 0.0 for r in range(max_rank)] for _, _, first in per_query]
+    return (np.mean(cmcs, 0), float(np.mean([r[0] for r in per_query])),
+            float(np.mean([r[1] for r in per_query])), len(per_query))
 
 
 def test_hand_made_case():

@@ -107,6 +107,53 @@ def _same_pid_index(q_pids: np.ndarray, g_pids: np.ndarray):
     return order, start, count
 
 
+NUM_BUCKETS = 1024  # distance buckets per query row for counting (see `_count_ahead`)
+
+
+def _count_ahead(dist_qg: np.ndarray, limit_q: np.ndarray, d_qm: np.ndarray, j_qm: np.ndarray,
+                 wanted_qm: np.ndarray) -> np.ndarray:
+    """[q, M]: for each wanted entry (distance d_qm, gallery index j_qm, with d_qm <= limit_q),
+    how many gallery entries of its row order before it: smaller distance, or equal distance
+    and smaller index. Entries beyond limit_q cannot, so only the candidates at or below it are
+    looked at; they are counted per distance bucket (a monotone float map, so a lower bucket
+    means a smaller distance), and only buckets holding a wanted entry are ordered exactly."""
+    q, num_g = dist_qg.shape
+    nb = NUM_BUCKETS
+    rows, cols = np.nonzero(dist_qg <= limit_q[:, None])
+    vals = dist_qg[rows, cols]
+    lo = vals.min() if len(vals) else np.float32(0.0)
+    span = limit_q.astype(np.float32) - lo
+    scale = np.where(span > 0, np.float32(nb) / np.where(span > 0, span, 1), 0).astype(np.float32)
+
+    def bucket(x, r):  # flat (row, bucket) id; monotone in x within a row
+        b = np.clip(np.floor((x.astype(np.float32) - lo) * scale[r]), 0, nb - 1)
+        return r * nb + b.astype(np.int64)
+
+    flat = bucket(vals, rows)
+    hist = np.bincount(flat, minlength=q * nb).reshape(q, nb)
+    lower_in_row = (np.cumsum(hist, 1) - hist).ravel()
+    m_rows = np.nonzero(wanted_qm)
+    wf = bucket(d_qm[m_rows], m_rows[0])
+    # Exact order inside the wanted buckets: merge the wanted entries with the candidates sharing
+    # their buckets, sorted by (bucket, distance, index, wanted first on a tie with itself).
+    shared = np.zeros(q * nb, bool)
+    shared[wf] = True
+    sel = shared[flat]
+    sf, sv, sc = flat[sel], vals[sel], cols[sel]
+    nw = len(wf)
+    flag = np.concatenate([np.zeros(nw, np.int8), np.ones(len(sf), np.int8)])
+    order = np.lexsort((flag, np.concatenate([j_qm[m_rows], sc]),
+                        np.concatenate([d_qm[m_rows], sv]), np.concatenate([wf, sf])))
+    is_cand = flag[order]
+    cands_before = np.empty(len(order), np.int64)
+    cands_before[order] = np.cumsum(is_cand) - is_cand
+    s_hist = np.bincount(sf, minlength=q * nb)
+    in_lower_buckets = np.cumsum(s_hist) - s_hist  # shared candidates in lower flat buckets
+    out = np.zeros(d_qm.shape, np.int64)
+    out[m_rows] = lower_in_row[wf] + cands_before[:nw] - in_lower_buckets[wf]
+    return out
+
+
 def _rank_block(dist_qg: np.ndarray, same_qm: np.ndarray, in_pid_qm: np.ndarray,
                 same_cam_qm: np.ndarray) -> tuple[np.ndarray, ...]:
     """Per-query (AP, INP, 0-based rank of the first true match or -1, valid) of one block.
@@ -114,27 +161,17 @@ def _rank_block(dist_qg: np.ndarray, same_qm: np.ndarray, in_pid_qm: np.ndarray,
     same_qm [q, M]: gallery indices with the query's pid (padded), in_pid_qm: which are real,
     same_cam_qm: which are in the query's camera (removed by the protocol).
     """
-    q, num_g = dist_qg.shape
+    num_g = dist_qg.shape[1]
     idx_bits = max(1, int(num_g - 1).bit_length())
-    row_shift = np.uint64(32 + idx_bits)
-    if 32 + idx_bits + max(1, int(q - 1).bit_length()) > 64:
-        raise ValueError(f"a gallery of {num_g} with query blocks of {q} does not fit 64-bit sort "
-                         "keys: use a smaller chunk_size")
-    rows = np.arange(q)
+    rows = np.arange(len(dist_qg))
     match = in_pid_qm & ~same_cam_qm
     removed = in_pid_qm & same_cam_qm
     num_match = match.sum(1)
     d_m = dist_qg[rows[:, None], same_qm]
     key_m = (_float_keys(d_m) << np.uint64(idx_bits)) | same_qm.astype(np.uint64)
-    # Candidates: entries no farther than the query's last true match (-inf: none at all).
+    # Only entries no farther than the query's last true match can rank ahead of a true match.
     last_d = np.where(match, d_m, -np.inf).max(1, initial=-np.inf).astype(np.float32)
-    cand_r, cand_c = np.nonzero(dist_qg <= last_d[:, None])
-    cand = np.sort((cand_r.astype(np.uint64) << row_shift)
-                   | (_float_keys(dist_qg[cand_r, cand_c]) << np.uint64(idx_bits))
-                   | cand_c.astype(np.uint64))
-    row_base = rows.astype(np.uint64) << row_shift
-    ahead_all = (np.searchsorted(cand, row_base[:, None] | key_m)
-                 - np.searchsorted(cand, row_base)[:, None])
+    ahead_all = _count_ahead(dist_qg, last_d, d_m, same_qm, match)
     before = key_m[:, None, :] < key_m[:, :, None]  # [q, m, m']: m' ranks ahead of m
     rank0 = ahead_all - (before & removed[:, None, :]).sum(-1)  # among the kept entries
     hits = (before & match[:, None, :]).sum(-1) + 1  # true matches up to and including m
