@@ -23,9 +23,12 @@ among neighbours are ordered by index. Memory: O(N * (k1 + k2 * k1)) plus one [b
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
@@ -128,15 +131,25 @@ def expanded_sets(knn_nk: np.ndarray, k1: int, block: int = 4096) -> tuple[np.nd
     return np.concatenate(rows_out), np.concatenate(cols_out)
 
 
+@functools.partial(jax.jit, static_argnames="metric")
+def _pair_block(feats_nd, rows_p, cols_p, metric: str) -> jax.Array:
+    a, b = feats_nd[rows_p], feats_nd[cols_p]
+    if metric == "cosine":
+        return 1.0 - jnp.sum(a * b, -1)
+    return jnp.maximum(jnp.sum(a * a, -1) + jnp.sum(b * b, -1) - 2.0 * jnp.sum(a * b, -1), 0.0)
+
+
 def pair_distances(feats_nd: np.ndarray, rows: np.ndarray, cols: np.ndarray, metric: str,
-                   block: int = 1 << 18) -> np.ndarray:
-    """d(rows[p], cols[p]) [P] in the evaluation's metric (features already prepared)."""
+                   block: int = 1 << 16) -> np.ndarray:
+    """d(rows[p], cols[p]) [P] in the evaluation's metric (features already prepared), in
+    jitted blocks of `block` pairs (padded, so one compilation serves all)."""
+    feats = jnp.asarray(feats_nd)
     out = np.empty(len(rows), np.float32)
-    sq = np.einsum("nd,nd->n", feats_nd, feats_nd)
     for s in range(0, len(rows), block):
-        a, b = rows[s:s + block], cols[s:s + block]
-        dot = np.einsum("pd,pd->p", feats_nd[a], feats_nd[b])
-        out[s:s + block] = 1.0 - dot if metric == "cosine" else np.maximum(sq[a] + sq[b] - 2 * dot, 0)
+        a, b = np.zeros(block, np.int32), np.zeros(block, np.int32)
+        n = min(block, len(rows) - s)
+        a[:n], b[:n] = rows[s:s + n], cols[s:s + n]
+        out[s:s + n] = np.asarray(_pair_block(feats, a, b, metric))[:n]
     return out
 
 
