@@ -150,6 +150,27 @@ def resolve_preprocessing(checkpoint: str, data_cfg) -> ml_collections.ConfigDic
         "num_workers": given.get("num_workers", 0), "prefetch": given.get("prefetch", 2)})
 
 
+def checkpoint_embedder(config, mesh: Mesh):
+    """An evaluate-style config (checkpoint, model / data overrides, default_model, eval) ->
+    (embed(images [B, H, W, 3], camids [B]) -> [B, D] jitted on `mesh`, preprocessing data
+    config, resolved model config, kind). Shared by the evaluate stage and the extract tool."""
+    from personvit_jax.data import layouts
+    from personvit_jax.training import sharding
+    from personvit_jax.training.checkpointing import saved_config
+
+    model_cfg = resolve_model_config(config.checkpoint, config.model, config.get("default_model"))
+    data_cfg = resolve_preprocessing(config.checkpoint, config.data)
+    saved = saved_config(config.checkpoint)
+    saved_data = saved.get("data", {}).get("name") if saved is not None else None
+    num_cams = layouts.num_cameras(saved_data) if saved_data in layouts.DATASETS else 0
+    embed, variables, kind = checkpoint_embed_fn(config.checkpoint, model_cfg, config.eval,
+                                                 num_cams)
+    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    fn = jax.jit(embed, in_shardings=(repl, batch_sh, batch_sh), out_shardings=repl)
+    variables = jax.device_put(variables, repl)
+    return (lambda images, camids: fn(variables, images, camids)), data_cfg, model_cfg, kind
+
+
 def progress_printer(label: str, stream=None) -> Callable[[int, int], None]:
     """(done, total) -> one self-overwriting progress line with rate and ETA on stderr."""
     import sys

@@ -1,7 +1,8 @@
 """Rank-list pictures: a query followed by its top-k gallery images, framed by outcome.
 
 Frames: blue = the query, green = true match (same pid, other camera), red = wrong identity (incl.
-distractors), grey = junk (same pid AND camera: shown where it ranks, ignored by the metrics).
+distractors), grey = junk (same pid AND camera: shown where it ranks, ignored by the metrics),
+dark grey = no labels (the extract tool's look-ups).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from PIL import Image, ImageDraw
 from personvit_jax.data.augment import load_rgb
 
 COLOURS = {"query": (40, 90, 220), "match": (30, 170, 60), "wrong": (220, 40, 40),
-           "junk": (150, 150, 150)}
+           "junk": (150, 150, 150), "unlabeled": (60, 60, 60)}
 THUMB_HW = (128, 64)
 BORDER = 4
 CAPTION = 14

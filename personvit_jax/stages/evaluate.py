@@ -1,8 +1,8 @@
 """Evaluate a checkpoint on a dataset's query / gallery splits.
 
 `evaluate(config, workdir)` reads top to bottom: outputs (never overwritten unless asked),
-checkpoint -> architecture and preprocessing, data, mesh & embed function, features, metrics
-(+ re-ranking), files. Writes into `workdir`:
+data, checkpoint -> embed function (architecture and preprocessing from the run's saved config),
+features, metrics (+ re-ranking), files. Writes into `workdir`:
   eval_results.json  mAP, mINP, rank-1/5/10 (and under "rerank" the re-ranked ones)
   features.npz       query/gallery features, pids, camids and image names
   ranks/             <query>.png rank lists and worst_queries.png
@@ -11,7 +11,6 @@ checkpoint -> architecture and preprocessing, data, mesh & embed function, featu
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -24,9 +23,8 @@ from absl import logging
 
 from personvit_jax.data import layouts
 from personvit_jax.evaluation import ranking, visualize
-from personvit_jax.evaluation.features import (checkpoint_embed_fn, extract_features,
-                                               progress_printer, resolve_model_config,
-                                               resolve_preprocessing, save_npz, write_text)
+from personvit_jax.evaluation.features import (checkpoint_embedder, extract_features,
+                                               progress_printer, save_npz, write_text)
 from personvit_jax.training import checkpointing, sharding
 
 OUTPUTS = ("eval_results.json", "features.npz", "ranks", "eval_config.json")
@@ -45,30 +43,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                               "pass --config.overwrite=True to replace them")
     is_main = jax.process_index() == 0
 
-    # ------------------------------------------------------------------ checkpoint -> model
-    step_dir = checkpointing.resolve_checkpoint(config.checkpoint)
-    model_cfg = resolve_model_config(config.checkpoint, config.model, config.default_model)
-    data_cfg = resolve_preprocessing(config.checkpoint, config.data)
-    saved = checkpointing.saved_config(config.checkpoint)
-    saved_data = saved.get("data", {}).get("name") if saved is not None else None
-    num_cams = layouts.num_cameras(saved_data) if saved_data in layouts.DATASETS else 0
-    embed, variables, kind = checkpoint_embed_fn(config.checkpoint, model_cfg, config.eval,
-                                                 num_cams)
-    logging.info("evaluating %s (%s, %s) at %s, mean %s std %s", step_dir, kind, model_cfg.name,
-                 data_cfg.image_size, data_cfg.mean, data_cfg.std)
-
     # ------------------------------------------------------------------ data
     splits = layouts.load_splits(config.data.name, config.data.data_dir,
                                  config.data.synthetic.to_dict())
     query, gallery = splits["query"], splits["gallery"]
 
-    # ------------------------------------------------------------------ mesh & embed function
+    # ------------------------------------------------------------------ checkpoint -> embed
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_divisible(config.eval.batch_size, mesh, "config.eval.batch_size")
-    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    variables = jax.device_put(variables, repl)
-    fn = functools.partial(jax.jit(embed, in_shardings=(repl, batch_sh, batch_sh),
-                                   out_shardings=repl), variables)
+    step_dir = checkpointing.resolve_checkpoint(config.checkpoint)
+    fn, data_cfg, model_cfg, kind = checkpoint_embedder(config, mesh)
+    logging.info("evaluating %s (%s, %s) at %s, mean %s std %s", step_dir, kind, model_cfg.name,
+                 data_cfg.image_size, data_cfg.mean, data_cfg.std)
 
     # ------------------------------------------------------------------ features
     feats = {}
