@@ -107,6 +107,15 @@ def _same_pid_index(q_pids: np.ndarray, g_pids: np.ndarray):
     return order, start, count
 
 
+def nonzero_below(x_qn: np.ndarray, limit_q: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(rows, columns, values) of the entries x[r, c] <= limit[r] (row-major order). A flat
+    search is several times faster than a 2-D np.nonzero."""
+    x = np.ascontiguousarray(x_qn)
+    flat = np.flatnonzero(x <= limit_q[:, None])
+    rows = flat // x.shape[1]
+    return rows, flat - rows * x.shape[1], x.ravel()[flat]
+
+
 NUM_BUCKETS = 1024  # distance buckets per query row for counting (see `_count_ahead`)
 
 
@@ -119,8 +128,7 @@ def _count_ahead(dist_qg: np.ndarray, limit_q: np.ndarray, d_qm: np.ndarray, j_q
     means a smaller distance), and only buckets holding a wanted entry are ordered exactly."""
     q, num_g = dist_qg.shape
     nb = NUM_BUCKETS
-    rows, cols = np.nonzero(dist_qg <= limit_q[:, None])
-    vals = dist_qg[rows, cols]
+    rows, cols, vals = nonzero_below(dist_qg, limit_q)
     lo = vals.min() if len(vals) else np.float32(0.0)
     span = limit_q.astype(np.float32) - lo
     scale = np.where(span > 0, np.float32(nb) / np.where(span > 0, span, 1), 0).astype(np.float32)

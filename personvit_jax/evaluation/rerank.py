@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
-from personvit_jax.evaluation.ranking import _float_keys, feature_distance_rows, l2_normalize
+from personvit_jax.evaluation.ranking import (_float_keys, feature_distance_rows, l2_normalize,
+                                              nonzero_below)
 
 BLOCK = 256  # rows of the N x N distance pass; 256 x 93,820 float32 = 96 MB
 
@@ -58,11 +59,11 @@ def smallest_k(dist_cn: np.ndarray, k: int, probe_columns: int = 2048) -> np.nda
     stride = max(1, n // max(probe_columns, k))
     probe = dist_cn[:, ::stride]
     bound = np.partition(probe, k - 1, axis=1)[:, k - 1]
-    rows, cols = np.nonzero(dist_cn <= bound[:, None])
+    rows, cols, vals = nonzero_below(dist_cn, bound)
     idx_bits = max(1, int(n - 1).bit_length())
     shift = np.uint64(32 + idx_bits)
     keys = np.sort((rows.astype(np.uint64) << shift)
-                   | (_float_keys(dist_cn[rows, cols]) << np.uint64(idx_bits))
+                   | (_float_keys(vals) << np.uint64(idx_bits))
                    | cols.astype(np.uint64))
     first = np.searchsorted(keys, np.arange(c, dtype=np.uint64) << shift)
     take = keys[first[:, None] + np.arange(k)]
