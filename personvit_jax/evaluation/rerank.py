@@ -47,7 +47,7 @@ def _ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - offsets, lengths) + np.arange(total)
 
 
-def smallest_k(dist_cn: np.ndarray, k: int, probe_columns: int = 2048) -> np.ndarray:
+def smallest_k(dist_cn: np.ndarray, k: int, probe_columns: int = 1024) -> np.ndarray:
     """Indices [c, k] of the k smallest entries of each row, ascending (ties by column index).
 
     The k-th smallest of every `stride`-th column is an upper bound of the row's k-th

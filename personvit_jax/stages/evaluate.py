@@ -80,7 +80,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ files
     os.makedirs(workdir, exist_ok=True)
-    names = {n: [os.path.relpath(p, os.path.dirname(os.path.dirname(p))) for p in s.paths]
+    root = layouts.dataset_root(config.data.name, config.data.data_dir)
+    names = {n: [os.path.relpath(p, root) for p in s.paths]
              for n, s in (("query", query), ("gallery", gallery))}
     save_npz(os.path.join(workdir, "features.npz"), {
         "query_features": qf, "gallery_features": gf, "query_pids": query.pids,
