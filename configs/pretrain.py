@@ -115,6 +115,9 @@ def get_config(arg=None):
     c.log_every_steps = 50  # metrics to TensorBoard / metrics.jsonl / progress line
     c.checkpoint_every_steps = 1000  # Orbax save interval (a final save always happens)
     c.keep_checkpoints = 3  # keep the last N checkpoints
+    # A NaN/Inf loss or gradient: 'stop' (error naming the step, loss terms and batch ids; the
+    # state is never updated with it and no checkpoint follows it) or 'skip' the step and go on.
+    c.nonfinite = "stop"
 
     if args["synthetic"]:
         # CPU-sized: the synthetic train images (labels unused) at 128x64 / 64x32 crops, a

@@ -6,7 +6,9 @@ on `config.stage`.
 Re-running the same command resumes from the latest checkpoint in --workdir.
 """
 
+import importlib.util
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -59,5 +61,31 @@ def main(argv) -> None:
     train(config, _WORKDIR.value)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with a readable error for `--config.x.y=` overrides of keys that do
+    not exist (ml_collections reports those as a bare AttributeError)."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        msg = _unknown_override(argv)
+        if msg is None:
+            raise
+        print(f"FATAL config error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+def _unknown_override(argv: list[str]):
+    from personvit_jax.validation import check_override_keys
+
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_user_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return check_override_keys(module.get_config(arg or None), argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -18,7 +18,7 @@ import ml_collections
 import optax
 from absl import logging
 
-from personvit_jax import evaluation
+from personvit_jax import evaluation, validation
 from personvit_jax.data import layouts, pipeline
 from personvit_jax.evaluation.features import extract_features, reid_embed_fn
 from personvit_jax.losses import reid_loss
@@ -30,18 +30,16 @@ from personvit_jax.training.logging import MetricLogger
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) fine-tuning in `workdir`; returns the final evaluation summary."""
     # ------------------------------------------------------------------ workdir & logging
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    validation.check_finetune_config(config)
     is_main = jax.process_index() == 0
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    workdir = validation.prepare_workdir(config, workdir, is_main)
 
     # ------------------------------------------------------------------ data
     splits = layouts.load_splits(config.data.name, config.data.data_dir,
                                  config.data.synthetic.to_dict())
     train_split = splits["train"]
     num_classes = train_split.num_ids
+    validation.check_finetune_data(config, num_classes)
     batch_size = config.data.num_ids_per_batch * config.data.num_instances
     steps_per_epoch = max(1, len(train_split) // batch_size)
     total_steps = config.optim.epochs * steps_per_epoch
@@ -96,17 +94,28 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         params = checkpointing.merge_backbone(jax.device_get(state["params"]), backbone,
                                               config.init_from, config.model.pos_grid,
                                               log=logging.info)
+        src_classes = checkpointing.saved_shapes(config.init_from).get(
+            "params/neck/classifier/kernel", (None, None))[-1]
+        logging.info("init_from: BNNeck and ID classifier start fresh for the %d ids of %s%s",
+                     num_classes, config.data.name,
+                     f" (the checkpoint's classifier had {src_classes} ids; not loaded)"
+                     if src_classes else "")
         return jax.device_put(dict(state, params=params, opt_state=tx.init(params)), repl)
 
     state = checkpointing.restore_or_initialize(ckpt, state, data_iter, config.init_from,
-                                                load_backbone, log=logging.info)
+                                                load_backbone, log=logging.info,
+                                                warn=logging.warning)
 
     # ------------------------------------------------------------------ train loop
     logger = MetricLogger(workdir, total_steps, batch_size)
     eval_every = config.eval.every_epochs * steps_per_epoch
-    state, step = loop.run(state, data_iter, train_step, mesh=mesh, ckpt=ckpt, logger=logger,
-                           total_steps=total_steps, log_every=config.log_every_steps,
-                           eval_every=eval_every, eval_fn=run_eval, eval_prefix="eval")
+    state, step, preempted = loop.run(state, data_iter, train_step, mesh=mesh, ckpt=ckpt,
+                                      logger=logger, total_steps=total_steps,
+                                      log_every=config.log_every_steps,
+                                      eval_every=eval_every, eval_fn=run_eval, eval_prefix="eval",
+                                      nonfinite=config.nonfinite)
+    if preempted:  # SIGTERM: checkpoint saved; rerunning the command resumes
+        return loop.close_preempted(logger, ckpt, step)
 
     # ------------------------------------------------------------------ final evaluation
     summary = run_eval(state)
@@ -144,8 +153,9 @@ def make_train_step(model, tx, lr_schedule, config):
         metrics["lr"] = lr_schedule(state["step"])
         metrics["grad_norm"] = optax.tree.norm(grads)
         params = jax.tree.map(jnp.add, state["params"], updates)
-        return dict(state, step=state["step"] + 1, params=params, batch_stats=batch_stats,
-                    opt_state=opt_state), metrics
+        new_state = dict(state, step=state["step"] + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state)
+        return loop.guard_nonfinite(state, new_state, metrics)
 
     return train_step
 

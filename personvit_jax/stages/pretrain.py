@@ -16,9 +16,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from absl import logging
 
-from personvit_jax import evaluation, losses
+from personvit_jax import evaluation, losses, validation
 from personvit_jax.data import layouts, pipeline
 from personvit_jax.evaluation.features import extract_features, normalize_rows
 from personvit_jax.models.pretrain import pretrain_model_from_config
@@ -30,15 +31,13 @@ from personvit_jax.training.logging import MetricLogger
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) pretraining in `workdir`; returns the last monitor summary."""
     # ------------------------------------------------------------------ workdir
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    validation.check_pretrain_config(config)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    workdir = validation.prepare_workdir(config, workdir, is_main)
 
     # ------------------------------------------------------------------ data
     paths = unlabeled_paths(config, workdir)
+    validation.check_pretrain_data(config, len(paths))
     batch_size = config.data.batch_size
     steps_per_epoch = len(paths) // batch_size
     total_steps = config.optim.epochs * steps_per_epoch
@@ -110,14 +109,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                    opt_state=tx.init(params)), repl)
 
     state = checkpointing.restore_or_initialize(ckpt, state, data_iter, config.init_from,
-                                                load_backbone, log=logging.info)
+                                                load_backbone, log=logging.info,
+                                                warn=logging.warning)
 
     # ------------------------------------------------------------------ train loop
     logger = MetricLogger(workdir, total_steps, batch_size)
     monitor_every = config.monitor.every_epochs * steps_per_epoch
-    state, step = loop.run(state, data_iter, train_step, mesh=mesh, ckpt=ckpt, logger=logger,
-                           total_steps=total_steps, log_every=config.log_every_steps,
-                           eval_every=monitor_every, eval_fn=run_monitor, eval_prefix="monitor")
+    state, step, preempted = loop.run(state, data_iter, train_step, mesh=mesh, ckpt=ckpt,
+                                      logger=logger, total_steps=total_steps,
+                                      log_every=config.log_every_steps,
+                                      eval_every=monitor_every, eval_fn=run_monitor, eval_prefix="monitor",
+                                      nonfinite=config.nonfinite)
+    if preempted:  # SIGTERM: checkpoint saved; rerunning the command resumes
+        return loop.close_preempted(logger, ckpt, step)
 
     # ------------------------------------------------------------------ final monitor
     summary = run_monitor(state)
@@ -213,7 +217,8 @@ def make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch:
             center_patch=losses.update_center(state["center_patch"], t_patch, l.center_momentum))
         metrics.update(lr=schedules["lr"](step), weight_decay=schedules["weight_decay"](step),
                        ema_momentum=m, teacher_temp=t_temp,
-                       masked_fraction=jnp.mean(masks.astype(jnp.float32)))
-        return new_state, metrics
+                       masked_fraction=jnp.mean(masks.astype(jnp.float32)),
+                       grad_norm=optax.tree.norm(grads))
+        return loop.guard_nonfinite(state, new_state, metrics)
 
     return train_step

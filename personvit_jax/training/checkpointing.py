@@ -199,17 +199,93 @@ def resize_pos_embed_tokens(pos_1nd: np.ndarray, new_grid) -> np.ndarray:
     return np.concatenate([pos_1nd[:, :1], np.asarray(grid).reshape(1, -1, d)], axis=1)
 
 
+def saved_shapes(path: str) -> dict[str, tuple]:
+    """{keystr path: shape} of the arrays saved at `path` (see `resolve_checkpoint`), from the
+    checkpoint's metadata only (no array is read)."""
+    with ocp.PyTreeCheckpointer() as ckptr:
+        saved = ckptr.metadata(os.path.join(resolve_checkpoint(path), "state")).item_metadata.tree
+    return {path_name(k): tuple(v.shape) for k, v in
+            jax.tree_util.tree_leaves_with_path(saved) if hasattr(v, "shape")}
+
+
+def path_name(path) -> str:
+    """'params/neck/classifier/kernel' for a tree path, the same whether the tree holds
+    namedtuples (optax states) or the dicts/lists Orbax's metadata reads them back as."""
+    parts = []
+    for p in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(p, attr):
+                parts.append(str(getattr(p, attr)))
+                break
+    return "/".join(parts)
+
+
+def check_restorable(step_dir: str, target: Any) -> None:
+    """Raises a ValueError naming every array whose saved shape differs from `target`'s (a
+    different model size, number of classes or head), or that exists on one side only."""
+    flat_s = saved_shapes(step_dir)
+    flat_t = {path_name(k): tuple(v.shape) for k, v in
+              jax.tree_util.tree_leaves_with_path(target)}
+    problems = [f"{k}: checkpoint {flat_s[k]} vs model {flat_t[k]}"
+                for k in sorted(set(flat_s) & set(flat_t)) if flat_s[k] != flat_t[k]]
+    problems += [f"{k}: only in the model" for k in sorted(set(flat_t) - set(flat_s))]
+    problems += [f"{k}: only in the checkpoint" for k in sorted(set(flat_s) - set(flat_t))]
+    if problems:
+        shown = problems[:20] + ([f"... {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise IncompatibleCheckpointError(
+            f"{step_dir} does not fit the configured model: " + "; ".join(shown))
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A readable checkpoint whose arrays do not match the model (never a reason to fall back)."""
+
+
+def set_aside(ckpt: Checkpointer, step: int) -> str:
+    """Renames an unreadable step folder to <step>.unreadable[-N] (kept for inspection, never
+    deleted) so that the previous checkpoint becomes the latest. Process 0 renames (shared
+    file system), every process then re-reads the step list."""
+    src = os.path.join(ckpt.directory, str(step))
+    dst, n = src + ".unreadable", 1
+    while os.path.exists(dst):
+        n += 1
+        dst = f"{src}.unreadable-{n}"
+    if jax.process_index() == 0:
+        os.rename(src, dst)
+    multihost_sync(f"set_aside_{step}")
+    ckpt.manager.reload()
+    return dst
+
+
 def restore_or_initialize(ckpt: Checkpointer, state: Any, data_iter, init_from: str,
-                          load_backbone, log=print) -> Any:
-    """The start order of every stage: 1) resume from this workdir's latest checkpoint (state and
-    data-iterator position), 2) `init_from`: `load_backbone(state, backbone_params)` returns the
-    state with the pretrained backbone put in, 3) keep the freshly initialised `state`."""
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, abstract_state(state), data_iter)
-        log(f"resumed from {ckpt.directory} at step {latest}")
-        return state
+                          load_backbone, log=print, warn=print) -> Any:
+    """The start order of every stage: 1) resume from this workdir's latest readable checkpoint
+    (state and data-iterator position; an unreadable newest one is set aside with a warning and
+    the one before it is used), 2) `init_from`: `load_backbone(state, backbone_params)` returns
+    the state with the pretrained backbone put in, 3) keep the freshly initialised `state`."""
+    target = abstract_state(state)
+    ckpt.manager.reload()
+    for step in sorted(ckpt.manager.all_steps(), reverse=True):
+        step_dir = os.path.join(ckpt.directory, str(step))
+        try:
+            check_restorable(step_dir, target)
+            restored = ckpt.restore(step, target, data_iter)
+        except IncompatibleCheckpointError:
+            raise
+        except Exception as e:  # unreadable / truncated: fall back to the previous one
+            moved = set_aside(ckpt, step)
+            warn(f"checkpoint {step_dir} is unreadable ({type(e).__name__}: {str(e)[:300]}); "
+                 f"moved to {moved}; trying the previous checkpoint")
+            continue
+        log(f"resumed from {ckpt.directory} at step {step}")
+        return restored
     if init_from:
         return load_backbone(state, pretrained_backbone(init_from))
     log("starting from scratch (no checkpoint in the workdir, no init_from)")
     return state
+
+
+def multihost_sync(name: str) -> None:
+    """Barrier across processes (no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

@@ -1,0 +1,193 @@
+"""Config checks that run before any work: impossible values, command-line overrides of keys that
+do not exist, and a workdir whose saved config disagrees with the new one in fields that change
+array shapes (resuming would fail deep inside Orbax, or silently train something else).
+
+Each check raises a ValueError naming the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Optional
+
+import ml_collections
+
+# Fields whose change makes a workdir's checkpoints unusable (array shapes, number of classes).
+SHAPE_FIELDS = (
+    "stage", "model.name", "model.width", "model.depth", "model.num_heads", "model.patch_size",
+    "model.patch_stride", "model.pos_grid", "model.sie", "model.jpm", "model.jpm_groups",
+    "data.name", "data.synthetic", "head.out_dim", "head.patch_out_dim", "head.hidden_dim",
+    "head.bottleneck_dim", "head.shared_head", "head.norm_last_layer", "optim.name")
+
+
+def _get(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, (dict, ml_collections.ConfigDict)) or part not in node:
+            return None
+        node = node[part]
+    return node.to_dict() if isinstance(node, ml_collections.ConfigDict) else node
+
+
+def _norm(v):
+    """JSON round trip, so tuples == lists and ConfigDicts == dicts."""
+    return json.loads(json.dumps(v, default=str))
+
+
+def _fail(key: str, value, expected: str) -> None:
+    raise ValueError(f"config.{key}={value!r}: {expected}")
+
+
+# ---------------------------------------------------------------------------- value checks
+def _check_choice(cfg, key: str, choices: Iterable[str]) -> None:
+    v = _get(cfg, key)
+    if v not in choices:
+        _fail(key, v, f"expected one of {sorted(choices)}")
+
+
+def _check_range(cfg, key: str, lo: float, hi: float) -> None:
+    v = _get(cfg, key)
+    if not lo <= v <= hi:
+        _fail(key, v, f"expected a value in [{lo}, {hi}]")
+
+
+def _check_scale(cfg, key: str) -> None:
+    lo, hi = _get(cfg, key)
+    if not 0 < lo <= hi <= 1:
+        _fail(key, (lo, hi), "expected (min, max) with 0 < min <= max <= 1")
+
+
+def _check_patch_grid(cfg, size_key: str) -> None:
+    """The patch embedding must tile the input: (side - patch) divisible by the stride."""
+    h, w = _get(cfg, size_key)
+    p, s = cfg.model.patch_size, cfg.model.patch_stride
+    for side in (h, w):
+        if side < p or (side - p) % s:
+            _fail(size_key, (h, w), f"each side must be >= model.patch_size={p} and (side - {p}) "
+                                    f"divisible by model.patch_stride={s}")
+
+
+def check_common(cfg) -> None:
+    _check_choice(cfg, "model.name", ("vit_tiny", "vit_small", "vit_base"))
+    _check_choice(cfg, "model.compute_dtype", ("float32", "bfloat16"))
+    _check_range(cfg, "model.drop_path_rate", 0.0, 0.99)
+    _check_choice(cfg, "nonfinite", ("stop", "skip"))
+    if cfg.model.patch_stride > cfg.model.patch_size or cfg.model.patch_stride < 1:
+        _fail("model.patch_stride", cfg.model.patch_stride,
+              f"expected 1 <= stride <= model.patch_size={cfg.model.patch_size}")
+    for key in ("optim.epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        if _get(cfg, key) is not None and _get(cfg, key) < (0 if key == "optim.epochs" else 1):
+            _fail(key, _get(cfg, key), "expected a positive integer")
+
+
+def check_finetune_config(cfg) -> None:
+    """Values of a fine-tune config that can be judged without the data."""
+    check_common(cfg)
+    d = cfg.data
+    _check_patch_grid(cfg, "data.image_size")
+    if d.num_instances < 2:
+        _fail("data.num_instances", d.num_instances,
+              "the batch-hard triplet needs K >= 2 images per identity")
+    if d.num_ids_per_batch < 2:
+        _fail("data.num_ids_per_batch", d.num_ids_per_batch,
+              "the batch-hard triplet needs P >= 2 identities per batch")
+    if d.pad < 0:
+        _fail("data.pad", d.pad, "expected >= 0 pixels")
+    for key in ("data.flip_prob", "data.erasing_prob", "data.color_jitter.prob"):
+        _check_range(cfg, key, 0.0, 1.0)
+    _check_choice(cfg, "optim.name", ("sgd", "adamw"))
+    _check_choice(cfg, "loss.triplet", ("soft", "margin"))
+    _check_choice(cfg, "eval.neck_feat", ("before", "after"))
+    _check_choice(cfg, "eval.metric", ("euclidean", "cosine"))
+
+
+def check_finetune_data(cfg, num_train_ids: int) -> None:
+    """Checks that need the train split: P x K must be drawable."""
+    if cfg.data.num_ids_per_batch > num_train_ids:
+        _fail("data.num_ids_per_batch", cfg.data.num_ids_per_batch,
+              f"larger than the {num_train_ids} identities of {cfg.data.name}'s train split")
+
+
+def check_pretrain_config(cfg) -> None:
+    check_common(cfg)
+    d = cfg.data
+    _check_patch_grid(cfg, "data.global_size")
+    _check_patch_grid(cfg, "data.local_size")
+    if d.local_size[0] > d.global_size[0] or d.local_size[1] > d.global_size[1]:
+        _fail("data.local_size", tuple(d.local_size),
+              f"local crops larger than the global crops {tuple(d.global_size)}")
+    _check_scale(cfg, "data.global_scale")
+    _check_scale(cfg, "data.local_scale")
+    if d.num_local_crops < 0:
+        _fail("data.num_local_crops", d.num_local_crops, "expected >= 0")
+    for key in ("data.color_jitter.prob", "data.grayscale_prob", "data.solarize_prob",
+                "mask.masked_fraction"):
+        _check_range(cfg, key, 0.0, 1.0)
+    k = cfg.mask
+    if not (0 <= k.ratio - k.ratio_var and k.ratio + k.ratio_var < 1):
+        _fail("mask.ratio", (k.ratio, k.ratio_var), "ratio +- ratio_var must lie in [0, 1)")
+    if cfg.head.shared_head and cfg.head.out_dim != cfg.head.patch_out_dim:
+        _fail("head.patch_out_dim", cfg.head.patch_out_dim,
+              f"a shared head needs patch_out_dim == out_dim ({cfg.head.out_dim})")
+
+
+def check_pretrain_data(cfg, num_images: int) -> None:
+    if num_images < cfg.data.batch_size:
+        _fail("data.batch_size", cfg.data.batch_size,
+              f"larger than the {num_images} pretraining images")
+
+
+# ---------------------------------------------------------------------------- workdir
+def check_workdir_config(cfg, workdir: str, has_checkpoint: bool) -> None:
+    """A workdir holding checkpoints may only be resumed with a config that keeps the
+    SHAPE_FIELDS of its saved config.json."""
+    path = os.path.join(workdir, "config.json")
+    if not has_checkpoint or not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable saved config ({e}); move it away to resume") from e
+    diffs = [f"{k}: saved {_norm(_get(saved, k))!r}, now {_norm(_get(cfg, k))!r}"
+             for k in SHAPE_FIELDS if _norm(_get(saved, k)) != _norm(_get(cfg, k))]
+    if diffs:
+        raise ValueError(f"{workdir} holds checkpoints of a run whose config differs in "
+                         f"shape-changing fields ({'; '.join(diffs)}): use a new --workdir, or "
+                         f"the original values to resume")
+
+
+def prepare_workdir(cfg, workdir: str, is_main: bool) -> str:
+    """Absolute workdir, created; refuses a config that cannot resume its checkpoints; then
+    (main process) writes config.json atomically (temp file + rename)."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    has_checkpoint = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+    check_workdir_config(cfg, workdir, has_checkpoint)
+    if is_main:
+        path = os.path.join(workdir, "config.json")
+        with open(path + ".tmp", "w") as f:
+            f.write(cfg.to_json_best_effort(indent=2))
+        os.replace(path + ".tmp", path)
+    return workdir
+
+
+# ---------------------------------------------------------------------------- command line
+def check_override_keys(config, argv: list[str], flag: str = "config") -> Optional[str]:
+    """The first `--config.a.b=...` of `argv` naming a key that `config` lacks, as an error
+    message listing the keys that exist at that level; None when all exist."""
+    for arg in argv:
+        if not arg.startswith(f"--{flag}."):
+            continue
+        dotted = arg[len(flag) + 3:].partition("=")[0]
+        node, parts = config, dotted.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                where = ".".join(parts[:i]) or "<top level>"
+                keys = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                return (f"{arg}: config has no key {dotted!r} ({part!r} is not in {where}; "
+                        f"keys there: {keys})")
+            node = node[part]
+    return None

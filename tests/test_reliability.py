@@ -1,0 +1,248 @@
+"""Reliability: random SIGKILLs + restarts are bit-exact (both stages), SIGTERM saves and exits 0,
+an unreadable newest checkpoint falls back to the previous one, non-finite steps stop or are
+skipped, and bad configs / workdirs / checkpoints fail before any work with precise errors."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_SYNTHETIC, assert_trees, tiny_finetune_config, tiny_pretrain_config
+from personvit_jax import validation
+from personvit_jax.stages import finetune, pretrain
+from personvit_jax.training import checkpointing, loop
+from personvit_jax.training.checkpointing import load_state_tree
+
+STAGES = {"finetune": (finetune, tiny_finetune_config), "pretrain": (pretrain, tiny_pretrain_config)}
+
+# A stage run in a child process, from the same tiny configs as the in-process runs.
+_CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+import conftest
+from personvit_jax.stages import {stage}
+cfg = conftest.tiny_{stage}_config({data!r}, **{over!r})
+{stage}.train(cfg, {workdir!r})
+"""
+
+
+def _child(stage, data_dir, workdir, over):
+    code = _CHILD.format(tests=os.path.join(REPO, "tests"), stage=stage,
+                         data=data_dir, over=over, workdir=str(workdir))
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_started(proc, workdir, timeout=300):
+    """Until the child has logged its first train step (or ended)."""
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+            return
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------- fault injection
+@pytest.mark.parametrize("stage", ["finetune", "pretrain"])
+def test_random_kills_then_resume_is_bit_exact(stage, tiny_data_dir, tmp_path):
+    over = {"checkpoint_every_steps": 1, "log_every_steps": 1, "keep_checkpoints": 2,
+            "optim.epochs": 3}
+    module, make_config = STAGES[stage]
+    module.train(make_config(tiny_data_dir, **over), str(tmp_path / "ref"))
+    ref = load_state_tree(tmp_path / "ref")
+
+    work = tmp_path / "killed"
+    rng = random.Random(f"kills-{stage}")
+    for _ in range(3):  # kill at random moments, often inside an (async) checkpoint write
+        proc = _child(stage, tiny_data_dir, work, over)
+        _wait_started(proc, work)
+        time.sleep(rng.uniform(0.0, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    proc = _child(stage, tiny_data_dir, work, over)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    # Orbax commits atomically: no kill ever left an unreadable "latest" to fall back from.
+    assert not [n for n in os.listdir(work / "checkpoints") if "unreadable" in n]
+    assert_trees(ref, load_state_tree(work))  # bit-identical to the uninterrupted run
+
+
+def test_sigterm_saves_exits_zero_and_resumes_exactly(tiny_data_dir, tmp_path):
+    over = {"checkpoint_every_steps": 1000, "log_every_steps": 1, "optim.epochs": 6}
+    finetune.train(tiny_finetune_config(tiny_data_dir, **over), str(tmp_path / "ref"))
+    work = tmp_path / "term"
+    proc = _child("finetune", tiny_data_dir, work, over)
+    _wait_started(proc, work)
+    assert proc.poll() is None, "the run ended before SIGTERM"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "preempted: checkpoint of step" in err
+    steps = [int(n) for n in os.listdir(work / "checkpoints") if n.isdigit()]
+    total = json.loads((tmp_path / "ref" / "eval_results.json").read_text())["step"]
+    assert steps and max(steps) < total  # an off-interval save made by the SIGTERM
+    assert not (work / "eval_results.json").exists()
+    proc = _child("finetune", tiny_data_dir, work, over)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert_trees(load_state_tree(tmp_path / "ref"), load_state_tree(work))
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_previous(tiny_data_dir, tmp_path, caplog):
+    cfg = tiny_finetune_config(tiny_data_dir, **{"checkpoint_every_steps": 2, "optim.epochs": 2})
+    work = tmp_path / "w"
+    finetune.train(cfg, str(work))
+    ref = load_state_tree(work)
+    newest = max(int(n) for n in os.listdir(work / "checkpoints") if n.isdigit())
+    for root, _, files in os.walk(work / "checkpoints" / str(newest) / "state"):
+        for f in files:
+            if "manifest" in f or root.endswith("/d"):  # array data and its index
+                with open(os.path.join(root, f), "r+b") as fh:
+                    fh.truncate(max(0, os.path.getsize(fh.name) // 3))
+    caplog.set_level("WARNING")
+    finetune.train(cfg, str(work))  # resumes from newest - 2 and recomputes the last steps
+    assert any("unreadable" in r.getMessage() for r in caplog.records)
+    aside = work / "checkpoints" / f"{newest}.unreadable"
+    assert aside.is_dir()  # kept for inspection, never deleted
+    assert_trees(ref, load_state_tree(work))
+
+
+# ---------------------------------------------------------------------------- non-finite guard
+def test_guard_keeps_the_old_state_on_nan():
+    old = {"step": jnp.int32(3), "w": jnp.ones(2)}
+    new = {"step": jnp.int32(4), "w": jnp.full(2, jnp.nan)}
+    state, m = loop.guard_nonfinite(old, new, {"loss": jnp.nan, "grad_norm": jnp.float32(1.0)})
+    assert int(state["step"]) == 4 and np.array_equal(state["w"], np.ones(2))
+    assert float(m["nonfinite"]) == 1.0
+    state, m = loop.guard_nonfinite(old, dict(new, w=jnp.zeros(2)),
+                                    {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(2.0)})
+    assert np.array_equal(state["w"], np.zeros(2)) and float(m["nonfinite"]) == 0.0
+
+
+def _nan_at_step(monkeypatch, module, bad_step: int):
+    """Patches the stage's step so that the batch of `bad_step` (0-based) is all NaN."""
+    make = module.make_train_step if module is finetune else module.make_pretrain_step
+
+    def patched(*args, **kw):
+        step_fn = make(*args, **kw)
+
+        def f(state, batch):
+            bad = state["step"] == bad_step
+            return step_fn(state, {k: (jnp.where(bad, jnp.nan, v) if v.dtype == jnp.float32
+                                       else v) for k, v in batch.items()})
+        return f
+
+    name = "make_train_step" if module is finetune else "make_pretrain_step"
+    monkeypatch.setattr(module, name, patched)
+
+
+@pytest.mark.parametrize("stage", ["finetune", "pretrain"])
+def test_nonfinite_stop_names_step_terms_and_batch(stage, tiny_data_dir, tmp_path, monkeypatch):
+    module, make_config = STAGES[stage]
+    _nan_at_step(monkeypatch, module, bad_step=4)
+    cfg = make_config(tiny_data_dir, **{"checkpoint_every_steps": 2, "log_every_steps": 3})
+    with pytest.raises(loop.NonFiniteError, match=r"step 5: .*loss.*batch record ids \[\d+"):
+        module.train(cfg, str(tmp_path / "w"))
+    steps = sorted(int(n) for n in os.listdir(tmp_path / "w" / "checkpoints") if n.isdigit())
+    assert steps[-1] == 4  # the last good checkpoint; nothing written after the bad step
+    leaves = jax.tree.leaves(load_state_tree(tmp_path / "w"))
+    assert all(np.all(np.isfinite(x)) for x in leaves if np.issubdtype(x.dtype, np.floating))
+
+
+def test_nonfinite_skip_goes_on_with_finite_state(tiny_data_dir, tmp_path, monkeypatch, caplog):
+    _nan_at_step(monkeypatch, finetune, bad_step=2)
+    caplog.set_level("WARNING")
+    cfg = tiny_finetune_config(tiny_data_dir, nonfinite="skip")
+    finetune.train(cfg, str(tmp_path / "w"))
+    assert any("skipped: non-finite loss or gradient at step 3" in r.getMessage()
+               for r in caplog.records)
+    tree = load_state_tree(tmp_path / "w")
+    assert int(tree["step"]) == json.loads((tmp_path / "w" / "eval_results.json").read_text())["step"]
+    rows = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert sum(r["nonfinite"] for r in train_rows) == 1
+    assert all(np.isfinite(r["loss"]) for r in train_rows)  # means over the finite steps only
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tree["params"]))
+
+
+# ---------------------------------------------------------------------------- config validation
+@pytest.mark.parametrize("override,match", [
+    ({"data.num_instances": 1}, r"data.num_instances=1: the batch-hard triplet needs K >= 2"),
+    ({"data.image_size": (60, 32)}, r"data.image_size=\(60, 32\): each side"),
+    ({"optim.name": "lamb"}, r"optim.name='lamb': expected one of"),
+    ({"eval.neck_feat": "middle"}, r"eval.neck_feat='middle'"),
+    ({"data.num_ids_per_batch": 9}, r"data.num_ids_per_batch=9: larger than the 8 identities"),
+    ({"data.num_ids_per_batch": 3}, r"train batch \(P x K\) = 12 is not divisible by the 8"),
+    ({"nonfinite": "ignore"}, r"nonfinite='ignore'"),
+])
+def test_finetune_config_errors(override, match, tiny_data_dir, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        finetune.train(tiny_finetune_config(tiny_data_dir, **override), str(tmp_path / "w"))
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("override,match", [
+    ({"data.local_size": (72, 32)}, r"data.local_size=\(72, 32\): local crops larger"),
+    ({"data.global_scale": (0.5, 0.4)}, r"data.global_scale=\(0.5, 0.4\): expected \(min, max\)"),
+    ({"head.patch_out_dim": 32}, r"a shared head needs patch_out_dim == out_dim \(64\)"),
+    ({"data.batch_size": 4096}, r"data.batch_size=4096: larger than the \d+ pretraining images"),
+    ({"mask.ratio": 0.9}, r"mask.ratio=\(0.9, 0.2\)"),
+])
+def test_pretrain_config_errors(override, match, tiny_data_dir, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        pretrain.train(tiny_pretrain_config(tiny_data_dir, **override), str(tmp_path / "w"))
+
+
+def test_unknown_override_key_names_it_and_the_valid_keys(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "personvit_jax.main",
+                        "--config=configs/finetune.py:synthetic", f"--workdir={tmp_path}",
+                        "--config.optim.base_lrr=1"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert "config has no key 'optim.base_lrr'" in r.stderr and "'base_lr'" in r.stderr
+
+
+def test_workdir_with_other_shapes_is_refused_and_kept(tiny_data_dir, tmp_path):
+    work = tmp_path / "w"
+    finetune.train(tiny_finetune_config(tiny_data_dir, **{"optim.epochs": 1}), str(work))
+    before = (work / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"model.depth: saved 2, now 3"):
+        finetune.train(tiny_finetune_config(tiny_data_dir, **{"model.depth": 3}), str(work))
+    assert (work / "config.json").read_text() == before  # nothing overwritten
+    # Without the saved config, the checkpoint itself names the arrays that do not fit.
+    os.remove(work / "config.json")
+    with pytest.raises(checkpointing.IncompatibleCheckpointError,
+                       match=r"params/backbone/blocks_2/.*only in the model"):
+        finetune.train(tiny_finetune_config(tiny_data_dir, **{"model.depth": 3}), str(work))
+
+
+def test_init_from_says_classifier_is_fresh(tiny_data_dir, tmp_path, caplog):
+    src = tmp_path / "src"
+    finetune.train(tiny_finetune_config(tiny_data_dir, **{"optim.epochs": 1}), str(src))
+    caplog.set_level("INFO")
+    other = dict(TINY_SYNTHETIC, seed=1, num_train_ids=6)
+    data2 = tmp_path / "data2"
+    cfg = tiny_finetune_config(str(data2), **{"optim.epochs": 1, "init_from": str(src),
+                                              "data.synthetic": other})
+    finetune.train(cfg, str(tmp_path / "dst"))
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "ID classifier start fresh for the 6 ids" in msg
+    assert "the checkpoint's classifier had 8 ids" in msg
+
+
+def test_saved_config_round_trip_is_accepted(tiny_data_dir, tmp_path):
+    cfg = tiny_finetune_config(tiny_data_dir, **{"optim.epochs": 1})
+    work = tmp_path / "w"
+    finetune.train(cfg, str(work))
+    saved = json.loads((work / "config.json").read_text())
+    validation.check_workdir_config(cfg, str(work), has_checkpoint=True)  # same config: fine
+    assert saved["model"]["depth"] == 2
