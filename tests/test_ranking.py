@@ -202,3 +202,7 @@ def test_bad_inputs_are_named():
         evaluate_rank(np.zeros((2, 2)), [1, 2], [1, 2], [0], [1, 1])
     with pytest.raises(ValueError, match="distmat"):
         evaluate_rank(np.zeros((3, 2)), [1, 2], [1, 2], [0, 0], [1, 1])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        evaluate_rank(np.array([[0.0, np.nan]]), [1], [1, 2], [0], [1, 1])
+    with pytest.raises(ValueError, match="gallery is empty"):
+        evaluate(np.zeros((2, 3)), np.zeros((0, 3)), [1, 2], [], [0, 0], [])

@@ -203,6 +203,8 @@ def rank_queries(dist_rows: Callable[[np.ndarray], Any], q_pids, g_pids, q_camid
     if (len(q_camids), len(g_camids)) != (num_q, num_g):
         raise ValueError(f"got {num_q} query pids but {len(q_camids)} query camids, {num_g} "
                          f"gallery pids but {len(g_camids)} gallery camids")
+    if num_g == 0:
+        raise ValueError("the gallery is empty: nothing to rank the queries against")
     order, start, count = _same_pid_index(q_pids, g_pids)
     visit = np.argsort(count, kind="stable")
     blocks = [visit[s:s + chunk_size] for s in range(0, num_q, chunk_size)]
@@ -254,6 +256,9 @@ def evaluate_rank(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, max_r
     if distmat.ndim != 2 or distmat.shape != (len(q_pids), len(g_pids)):
         raise ValueError(f"distmat is {distmat.shape} but got {len(q_pids)} query pids and "
                          f"{len(g_pids)} gallery pids")
+    if not np.isfinite(distmat).all():
+        raise ValueError("distmat contains NaN or inf (e.g. at "
+                         f"{tuple(int(i) for i in np.argwhere(~np.isfinite(distmat))[0])})")
     per_query = rank_queries(lambda idx: distmat[idx], q_pids, g_pids, q_camids, g_camids,
                              chunk_size)
     return aggregate(per_query, max_rank)

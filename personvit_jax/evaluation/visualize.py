@@ -88,6 +88,8 @@ def write_rank_lists(out_dir: str, query, gallery, dist_fn, per_query: dict,
     """ranks/<query name>.png for `chosen` query indices and ranks/worst_queries.png (the
     valid queries with the lowest AP, worst first). `query` / `gallery`: splits (paths, pids,
     camids); dist_fn(query indices) -> [c, G] distances. Returns the files written."""
+    if top_k < 1:
+        raise ValueError(f"rank lists need top_k >= 1, got {top_k}")
     os.makedirs(out_dir, exist_ok=True)
     valid = np.nonzero(per_query["valid"])[0]
     worst = valid[np.argsort(per_query["ap"][valid], kind="stable")][:num_worst]

@@ -115,7 +115,7 @@ def look_up(config, query: str, g_feats: np.ndarray, g_paths: list[str], top: in
     for r, (path, d) in enumerate(found, 1):
         print(f"{r:4d}  {d:.4f}  {path}")
     image = visualize.rank_list_image(query, [p for p, _ in found], ["unlabeled"] * len(found),
-                                      [f"#{r} {d:.3f}" for r, (_, d) in enumerate(found, 1)],
+                                      [f"#{r}: {d:.3f}" for r, (_, d) in enumerate(found, 1)],
                                       title=f"{os.path.basename(query)}: {config.eval.metric}")
     visualize.save_png(image, draw)
     print(f"drew {draw}")
