@@ -6,9 +6,15 @@ Launch:
 CPU-sized run on the built-in synthetic person set (generated on first use):
   python -m personvit_jax.main --config=configs/finetune.py:synthetic --workdir=runs/synthetic
 
-`arg` is a comma-separated list: `dataset=NAME` (market1501, dukemtmc, msmt17, occluded_duke,
-synthetic), `model=NAME` (vit_tiny, vit_small, vit_base), and the flag `synthetic`, which selects
-the synthetic set and shrinks model, images and schedule to a few minutes on a 2-core CPU.
+Real datasets are read from their TFDS build: prepare one first (once), e.g.
+  python -m personvit_jax.data.prepare --dataset=market1501 --source=Market-1501-v15.09.15.zip \
+      --data_dir=data
+then run with --config.data.data_dir=data (the default).
+
+`arg` is a comma-separated list: `dataset=NAME` (market1501, dukemtmc, occluded_duke, msmt17,
+msmt17_v2, reid_folder = your own prepared folder, synthetic), `model=NAME` (vit_tiny,
+vit_small, vit_base), and the flag `synthetic`, which selects the synthetic set and shrinks
+model, images and schedule to a few minutes on a 2-core CPU.
 Any field can be overridden on the command line, e.g. `--config.optim.base_lr=1e-3`.
 """
 
@@ -32,8 +38,11 @@ def get_config(arg=None):
 
     # ---------------------------------------------------------------- data
     c.data = d = ml_collections.ConfigDict()
-    d.name = args["dataset"]  # market1501 | dukemtmc | msmt17 | occluded_duke | synthetic
-    d.data_dir = "data"  # folder holding the dataset's folder (e.g. data/Market-1501-v15.09.15)
+    # market1501 | dukemtmc | occluded_duke | msmt17 | msmt17_v2 | reid_folder (read from their
+    # TFDS build, see data/prepare.py) | synthetic (raw folder, generated on first use)
+    d.name = args["dataset"]
+    d.data_dir = "data"  # where data.prepare wrote the builds (data/market1501/1.0.0/...); for
+    #                      synthetic: where its folder is generated (data/synthetic_market1501)
     d.image_size = (256, 128)  # (height, width) fed to the network
     d.num_ids_per_batch = 16  # P: identities per batch
     d.num_instances = 4  # K: images per identity; batch = P * K

@@ -1,6 +1,9 @@
 r"""Self-supervised pretraining (iBOT recipe on person crops, as PersonViT).
 
-Launch (LUPerson or any folder tree of person crops under data/LUPerson):
+Launch (LUPerson or any folder tree of person crops, built once as a TFDS dataset; the build
+streams, resumes, and can be split over processes with --num_shards/--shard_index):
+  python -m personvit_jax.data.prepare --dataset=unlabeled_folder --source=/path/to/LUPerson \
+      --data_dir=data
   python -m personvit_jax.main --config=configs/pretrain.py:model=vit_small --workdir=runs/pt_vits
 CPU-sized run on the built-in synthetic person set (its train images, labels unused):
   python -m personvit_jax.main --config=configs/pretrain.py:synthetic --workdir=runs/pt_synthetic
@@ -26,9 +29,12 @@ def get_config(arg=None):
 
     # ---------------------------------------------------------------- data
     c.data = d = ml_collections.ConfigDict()
-    d.name = "folder"  # folder: every image under `root`; synthetic: the synthetic train split
-    d.root = "data/LUPerson"  # unlabeled person crops (any sub-folder tree of .jpg/.png)
-    d.data_dir = "data"  # where the synthetic set lives / is generated (name=synthetic)
+    # unlabeled_folder: the TFDS build of person crops under `data_dir` (data.prepare);
+    # folder: every image under `root`, read from the files (no build; listing cached in the
+    # workdir); synthetic or a prepared labelled dataset name: its train split (labels unused)
+    d.name = "unlabeled_folder"
+    d.root = "data/LUPerson"  # name=folder: person crops (any sub-folder tree of .jpg/.png)
+    d.data_dir = "data"  # where data.prepare wrote the builds / the synthetic set is generated
     d.synthetic = ml_collections.ConfigDict({  # generator arguments (name=synthetic)
         "seed": 0, "num_train_ids": 450, "num_test_ids": 150, "images_per_id": (4, 8),
         "num_distractors": 300, "num_junk": 100})

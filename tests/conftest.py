@@ -85,9 +85,9 @@ def tiny_config(tiny_data_dir):
 
 @pytest.fixture(scope="session")
 def tiny_splits(tiny_data_dir):
-    from personvit_jax.data import layouts
+    from personvit_jax.data import pipeline
 
-    return layouts.load_splits("synthetic", tiny_data_dir, TINY_SYNTHETIC)
+    return pipeline.load_splits("synthetic", tiny_data_dir, TINY_SYNTHETIC)
 
 
 def tiny_pretrain_config(data_dir, **overrides):

@@ -112,7 +112,7 @@ def test_checkpoint_embed_fn_reproduces_the_runs_evaluation(tiny_config, tmp_pat
     """The inference loader (saved config.json + checkpoint -> features) scores exactly what the
     training run scored at its end; a pretrain-style backbone-only view gives CLS features."""
     from personvit_jax import evaluation
-    from personvit_jax.data.layouts import load_splits
+    from personvit_jax.data.pipeline import load_splits
     from personvit_jax.evaluation.features import checkpoint_embed_fn, extract_features
     from personvit_jax.training import checkpointing, sharding
 

@@ -69,7 +69,7 @@ def test_market_errors_name_the_path(tmp_path):
     with pytest.raises(ValueError, match="camera 9 out of range"):
         layouts.load_market_layout(root, 6)
     with pytest.raises(ValueError, match="config.data.name='nope'"):
-        layouts.load_splits("nope", str(tmp_path))
+        layouts.load_folder_splits("nope", str(tmp_path))
 
 
 def test_msmt17_lists(tmp_path):

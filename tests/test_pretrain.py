@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_trees, tiny_finetune_config
-from personvit_jax.data import pipeline
+from personvit_jax.data import layouts, pipeline
 from personvit_jax.stages import finetune, pretrain
 from personvit_jax.training.checkpointing import load_state_tree
 
@@ -56,12 +56,12 @@ def test_image_folder_index_cached_and_errors(tmp_path, tiny_splits):
         d.mkdir(parents=True, exist_ok=True)
         shutil.copy(p, d / f"{i}.jpg")
     cache = str(tmp_path / "index.txt")
-    paths = pipeline.image_folder_index(str(root), cache)
+    paths = layouts.image_folder_index(str(root), cache)
     assert len(paths) == 5 and paths == sorted(paths)
     shutil.copy(tiny_splits["train"].paths[0], root / "new.jpg")
-    assert pipeline.image_folder_index(str(root), cache) == paths  # cached, not re-listed
+    assert layouts.image_folder_index(str(root), cache) == paths  # cached, not re-listed
     with pytest.raises(FileNotFoundError, match="--config.data.root"):
-        pipeline.image_folder_index(str(tmp_path / "missing"), str(tmp_path / "i2.txt"))
+        layouts.image_folder_index(str(tmp_path / "missing"), str(tmp_path / "i2.txt"))
 
 
 def test_no_dataset_stops_at_once_naming_the_path(tmp_path, monkeypatch):
@@ -70,7 +70,7 @@ def test_no_dataset_stops_at_once_naming_the_path(tmp_path, monkeypatch):
     sys.path.insert(0, os.path.join(REPO, "configs"))
     monkeypatch.chdir(tmp_path)
     cfg = importlib.import_module("pretrain").get_config()
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "data" / "LUPerson")):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "data" / "unlabeled_folder")):
         pretrain.train(cfg, str(tmp_path / "w"))
 
 

@@ -19,12 +19,14 @@ def luma(x_hwc: np.ndarray) -> np.ndarray:
     return (x_hwc.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
 
 
-def load_rgb(path: str) -> Image.Image:
+def load_rgb(path_or_file, name: str = "") -> Image.Image:
+    """A file path, or a file object holding encoded bytes (then `name` names it in errors),
+    decoded to RGB."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path_or_file) as im:
             return im.convert("RGB")
     except (OSError, SyntaxError) as e:
-        raise OSError(f"cannot read image {path}: {e}") from e
+        raise OSError(f"cannot read image {name or path_or_file}: {e}") from e
 
 
 def normalize(img_hwc_uint8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -1,4 +1,7 @@
-"""Dataset folder layouts -> in-memory splits of (path, pid, camid) records.
+"""Dataset folder layouts -> in-memory splits of (image, pid, camid, name) records.
+
+The single source of truth for file-name and list-file parsing: the raw-folder reader (synthetic
+set) and the TFDS builders (data/builders.py, every real dataset) both call these parsers.
 
 Market-1501 layout (also DukeMTMC-reID, Occluded-Duke and the built-in synthetic set):
   <root>/bounding_box_train/  train images
@@ -6,18 +9,25 @@ Market-1501 layout (also DukeMTMC-reID, Occluded-Duke and the built-in synthetic
   <root>/bounding_box_test/   gallery images
   names like 0002_c1s1_000451_03.jpg: pid 0002, camera 1 (regex `([-\\d]+)_c(\\d)`).
   pid -1 = junk (dropped everywhere), pid 0 = distractor (kept: a wrong match in the gallery).
-MSMT17 (V1): <root>/{train,test}/ + list_{train,val,query,gallery}.txt with `<relpath> <pid>`
-lines; camera = int(name.split('_')[2]); the published protocol trains on train + val.
+MSMT17 V1: <root>/{train,test}/ + list_{train,val,query,gallery}.txt with `<relpath> <pid>`
+lines; names like 0000_000_01_0303morning_0015_0.jpg: camera = int(name.split('_')[2]), the 4th
+field is date + time of day; the published protocol trains on train + val. V2: the same lists,
+images in <root>/{mask_train_v2,mask_test_v2}/ (faces blurred).
+Custom ReID folder: <root>/<split>/<pid>/<image> (split: train + query/gallery, or train + test),
+or a CSV of `path,pid,camid` rows (paths relative to <root>, first component = split).
+Unlabeled folder (LUPerson or any person crops): every image under <root>, recursively.
 
 Camera ids are 0-based everywhere; train pids are relabelled 0..C-1 (query/gallery keep theirs).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import os
 import re
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -30,21 +40,52 @@ DATASETS = {
     "dukemtmc": ("DukeMTMC-reID", "market", 8),
     "occluded_duke": ("Occluded_Duke", "market", 8),
     "msmt17": ("MSMT17_V1", "msmt17", 15),
+    "msmt17_v2": ("MSMT17_V2", "msmt17_v2", 15),
     "synthetic": ("synthetic_market1501", "market", 6),
 }
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+MSMT17_IMAGE_DIRS = {"msmt17": ("train", "test"), "msmt17_v2": ("mask_train_v2", "mask_test_v2")}
+
+
 @dataclasses.dataclass
 class Split:
-    """One split: image paths with pids [N] and 0-based camera ids [N] (int32)."""
+    """One split: pids [N] and 0-based camera ids [N] (int32) of N images.
+
+    Images come from `records` when set (a random-access source whose item i holds the JPEG bytes
+    under "image": a TFDS data source), else from the files `paths`. `paths` names the images in
+    messages (file paths, or the names recorded at build time). `has_camera_ids` is False for
+    data without cameras, where every image got its own camera id (see data/builders.py).
+    """
 
     name: str
-    paths: list[str]
+    paths: Sequence[str]
     pids: np.ndarray
     camids: np.ndarray
+    records: Optional[Sequence[dict]] = None
+    has_camera_ids: bool = True
+    num_junk: int = 0  # pid -1 images dropped by the parser
+
+    @classmethod
+    def from_paths(cls, name: str, paths: Sequence[str]) -> "Split":
+        """Unlabeled images (pretraining): pid and camera -1."""
+        n = len(paths)
+        return cls(name, paths, np.full(n, -1, np.int32), np.full(n, -1, np.int32))
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.pids)
+
+    def image(self, i: int):
+        """Image i decoded to an RGB PIL image (errors name the file)."""
+        from personvit_jax.data.augment import load_rgb
+
+        if self.records is None:
+            return load_rgb(self.paths[i])
+        record = self.records[i]
+        name = record["file_name"]
+        return load_rgb(io.BytesIO(record["image"]),
+                        name=name.decode() if isinstance(name, bytes) else name)
 
     def __getitem__(self, i: int) -> dict:
         return {"path": self.paths[i], "pid": int(self.pids[i]), "camid": int(self.camids[i]),
@@ -55,7 +96,7 @@ class Split:
         return int(len(np.unique(self.pids)))
 
 
-def _relabel(pids: np.ndarray) -> np.ndarray:
+def relabel_pids(pids: np.ndarray) -> np.ndarray:
     """Maps arbitrary pids to 0..C-1 in sorted order."""
     _, labels = np.unique(pids, return_inverse=True)
     return labels.astype(np.int32)
@@ -66,7 +107,7 @@ def parse_market_dir(directory: str, num_cameras: int, relabel: bool = False) ->
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"expected the folder {directory} (Market-1501 layout: "
                                 f"{', '.join(MARKET_SUBDIRS.values())}) but it does not exist")
-    paths, pids, camids = [], [], []
+    paths, pids, camids, junk = [], [], [], 0
     for name in sorted(os.listdir(directory)):
         if not name.lower().endswith(".jpg"):
             continue  # e.g. Thumbs.db in the official archive
@@ -76,6 +117,7 @@ def parse_market_dir(directory: str, num_cameras: int, relabel: bool = False) ->
                              "Market-1501 pattern PPPP_cC..., e.g. 0002_c1s1_000451_03.jpg")
         pid, cam = int(m.group(1)), int(m.group(2))
         if pid == -1:
+            junk += 1
             continue
         if pid < 0 or not 1 <= cam <= num_cameras:
             raise ValueError(f"{os.path.join(directory, name)}: pid {pid} / camera {cam} out of "
@@ -88,12 +130,16 @@ def parse_market_dir(directory: str, num_cameras: int, relabel: bool = False) ->
                          "0002_c1s1_000451_03.jpg)")
     pids = np.asarray(pids, np.int32)
     split = os.path.basename(os.path.normpath(directory))
-    return Split(split, paths, _relabel(pids) if relabel else pids, np.asarray(camids, np.int32))
+    return Split(split, paths, relabel_pids(pids) if relabel else pids,
+                 np.asarray(camids, np.int32), num_junk=junk)
 
 
-def load_market_layout(root: str, num_cameras: int) -> dict[str, Split]:
+def load_market_layout(root: str, num_cameras: int, relabel: bool = True) -> dict[str, Split]:
+    """train / query / gallery of a Market-layout root; train pids relabelled 0..C-1 unless
+    `relabel` is False (the builders store the original pids)."""
     _check_root(root, list(MARKET_SUBDIRS.values()))
-    return {split: parse_market_dir(os.path.join(root, sub), num_cameras, relabel=split == "train")
+    return {split: parse_market_dir(os.path.join(root, sub), num_cameras,
+                                    relabel=relabel and split == "train")
             for split, sub in MARKET_SUBDIRS.items()}
 
 
@@ -110,6 +156,8 @@ def _read_msmt_list(root: str, list_name: str, image_dir: str) -> tuple[list, li
             try:
                 rel, pid = parts[0], int(parts[1])
                 cam = int(os.path.basename(rel).split("_")[2])
+                if not 1 <= cam <= 15:
+                    raise ValueError
             except (IndexError, ValueError):
                 raise ValueError(f"{list_path}:{line_no}: expected '<relative path> <pid>' with a "
                                  f"name like 0000_000_01_0303morning_0015_0.jpg, got {line.strip()!r}")
@@ -124,17 +172,165 @@ def _read_msmt_list(root: str, list_name: str, image_dir: str) -> tuple[list, li
     return paths, pids, camids
 
 
-def load_msmt17_layout(root: str) -> dict[str, Split]:
-    _check_root(root, ["train", "test", "list_train.txt", "list_val.txt", "list_query.txt",
+def msmt17_time_of_day(name: str) -> str:
+    """'morning' | 'noon' | 'afternoon' from an MSMT17 name (4th field = date + time of day),
+    e.g. 0000_000_01_0303morning_0015_0.jpg -> 'morning'."""
+    return os.path.basename(name).split("_")[3].lstrip("0123456789")
+
+
+def load_msmt17_layout(root: str, version: str = "msmt17", relabel: bool = True
+                       ) -> dict[str, Split]:
+    """train (= list_train + list_val) / query / gallery of an MSMT17 root; `version` is
+    'msmt17' (V1: train/, test/) or 'msmt17_v2' (mask_train_v2/, mask_test_v2/)."""
+    train_dir, test_dir = MSMT17_IMAGE_DIRS[version]
+    _check_root(root, [train_dir, test_dir, "list_train.txt", "list_val.txt", "list_query.txt",
                        "list_gallery.txt"])
-    tr = [_read_msmt_list(root, n, "train") for n in ("list_train.txt", "list_val.txt")]
+    tr = [_read_msmt_list(root, n, train_dir) for n in ("list_train.txt", "list_val.txt")]
+    train_pids = np.asarray(tr[0][1] + tr[1][1], np.int32)
     splits = {"train": Split("train", tr[0][0] + tr[1][0],
-                             _relabel(np.asarray(tr[0][1] + tr[1][1], np.int32)),
+                             relabel_pids(train_pids) if relabel else train_pids,
                              np.asarray(tr[0][2] + tr[1][2], np.int32))}
     for split, list_name in (("query", "list_query.txt"), ("gallery", "list_gallery.txt")):
-        p, pid, cam = _read_msmt_list(root, list_name, "test")
+        p, pid, cam = _read_msmt_list(root, list_name, test_dir)
         splits[split] = Split(split, p, np.asarray(pid, np.int32), np.asarray(cam, np.int32))
     return splits
+
+
+CUSTOM_SPLITS = ("train", "query", "gallery", "test")
+
+
+def load_custom_layout(root: str, csv_path: Optional[str] = None) -> dict[str, Split]:
+    """A user's own ReID data: `train` plus `query` + `gallery`, or plus `test` (then used as
+    query AND gallery by the reader). Original pids are kept (pid -1 = junk, dropped).
+
+    Without a CSV: <root>/<split>/<pid>/<image>, pid = the folder name (an integer); there are no
+    camera ids, and every image gets its own (unique over all splits), `has_camera_ids` False.
+    With a CSV (`path,pid,camid` rows, an optional header; paths relative to <root>, e.g.
+    train/0001/a.jpg): pid and camera id from the CSV, cameras renumbered 0..C-1 in sorted order.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"custom ReID root {root} does not exist; expected "
+                                "<root>/train/<pid>/<image> and <root>/query|gallery|test/...")
+    rows = _custom_csv_rows(root, csv_path) if csv_path else _custom_folder_rows(root)
+    by_split = {s: [r for r in rows if r[0] == s] for s in CUSTOM_SPLITS}
+    where = csv_path or root
+    if not by_split["train"]:
+        raise ValueError(f"{where}: no train images (expected {root}/train/<pid>/<image>)")
+    has_eval = bool(by_split["query"] or by_split["gallery"])
+    if has_eval == bool(by_split["test"]) or (has_eval and not (by_split["query"] and
+                                                                 by_split["gallery"])):
+        raise ValueError(f"{where}: expected evaluation images in query/ AND gallery/, or in "
+                         f"test/ alone; found {', '.join(s for s in CUSTOM_SPLITS if by_split[s])}")
+    if csv_path:
+        cams = sorted({r[3] for r in rows})
+        cam_index = {c: i for i, c in enumerate(cams)}
+    splits, next_cam = {}, 0
+    for split, items in by_split.items():
+        if not items:
+            continue
+        kept = [r for r in items if r[2] != -1]
+        if not kept:
+            raise ValueError(f"{where}: split {split} has only junk (pid -1) images")
+        if csv_path:
+            camids = [cam_index[r[3]] for r in kept]
+        else:  # every image its own camera: the protocol then excludes only the image itself
+            camids = list(range(next_cam, next_cam + len(kept)))
+            next_cam += len(kept)
+        splits[split] = Split(split, [r[1] for r in kept], np.asarray([r[2] for r in kept],
+                                                                       np.int32),
+                              np.asarray(camids, np.int32), has_camera_ids=bool(csv_path),
+                              num_junk=len(items) - len(kept))
+    return splits
+
+
+def _custom_folder_rows(root: str) -> list[tuple]:
+    """(split, path, pid, None) for <root>/<split>/<pid>/<image>, sorted."""
+    rows = []
+    for split in CUSTOM_SPLITS:
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir):
+            continue
+        for pid_name in sorted(os.listdir(split_dir)):
+            pid_dir = os.path.join(split_dir, pid_name)
+            if not os.path.isdir(pid_dir):
+                raise ValueError(f"{pid_dir}: expected a folder named by the identity "
+                                 f"(<root>/{split}/<pid>/<image>), found a file")
+            try:
+                pid = int(pid_name)
+            except ValueError:
+                raise ValueError(f"{pid_dir}: identity folder names must be integers (e.g. 0001), "
+                                 f"got {pid_name!r}; rename them or give a CSV") from None
+            for name in sorted(os.listdir(pid_dir)):
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                    raise ValueError(f"{os.path.join(pid_dir, name)}: unexpected file; expected "
+                                     f"images ({', '.join(IMAGE_EXTENSIONS)})")
+                rows.append((split, os.path.join(pid_dir, name), pid, None))
+    if not rows:
+        raise ValueError(f"{root}: no images; expected <root>/train/<pid>/<image> and "
+                         "<root>/query|gallery|test/<pid>/<image>")
+    return rows
+
+
+def _custom_csv_rows(root: str, csv_path: str) -> list[tuple]:
+    """(split, path, pid, camid) from a `path,pid,camid` CSV (an optional header line)."""
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"label CSV {csv_path} does not exist")
+    rows = []
+    with open(csv_path, newline="") as f:
+        for line_no, row in enumerate(csv.reader(f), 1):
+            if not row or (line_no == 1 and row[:3] == ["path", "pid", "camid"]):
+                continue
+            try:
+                rel, pid, cam = row[0].strip(), int(row[1]), int(row[2])
+            except (IndexError, ValueError):
+                raise ValueError(f"{csv_path}:{line_no}: expected 'path,pid,camid' with integer "
+                                 f"pid and camid, got {','.join(row)!r}") from None
+            split = rel.replace("\\", "/").split("/")[0]
+            if split not in CUSTOM_SPLITS:
+                raise ValueError(f"{csv_path}:{line_no}: path {rel!r} must start with one of "
+                                 f"{', '.join(CUSTOM_SPLITS)}/")
+            path = os.path.join(root, rel)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{csv_path}:{line_no} points at {path}, which does not "
+                                        "exist")
+            rows.append((split, path, pid, cam))
+    if not rows:
+        raise ValueError(f"{csv_path}: no rows (expected 'path,pid,camid' lines)")
+    return rows
+
+
+def list_images(root: str) -> list[str]:
+    """Every image under `root` (recursive; folders and files in sorted order)."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"unlabeled image folder {root} does not exist: put person crops there (any "
+            "sub-folder tree of .jpg/.png files, e.g. LUPerson) or point prepare's --source "
+            "(or --config.data.root with data.name=folder) at them")
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        paths.extend(os.path.join(dirpath, n) for n in sorted(filenames)
+                     if n.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise ValueError(f"{root}: no .jpg/.png images found")
+    return paths
+
+
+def image_folder_index(root: str, cache_path: str) -> list[str]:
+    """`list_images(root)` listed once and cached in `cache_path` (first line: the root) so a
+    restart over millions of files does not re-list."""
+    root = os.path.abspath(root)
+    if os.path.isfile(cache_path):
+        with open(cache_path) as f:
+            lines = f.read().splitlines()
+        if lines and lines[0] == root:
+            return lines[1:]
+    paths = list_images(root)
+    tmp = f"{cache_path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write("\n".join([root] + paths) + "\n")
+    os.replace(tmp, cache_path)  # atomic: a half-written index is never read
+    return paths
 
 
 def _check_root(root: str, expected: list[str]) -> None:
@@ -156,9 +352,11 @@ def dataset_root(name: str, data_dir: str) -> str:
     return os.path.join(data_dir, DATASETS[name][0])
 
 
-def load_splits(name: str, data_dir: str, synthetic_kwargs: Optional[dict] = None
-                ) -> dict[str, Split]:
-    """{'train', 'query', 'gallery'} splits of dataset `name` found under `data_dir`.
+def load_folder_splits(name: str, data_dir: str, synthetic_kwargs: Optional[dict] = None
+                       ) -> dict[str, Split]:
+    """{'train', 'query', 'gallery'} splits of dataset `name` read from its raw folder under
+    `data_dir` (train pids relabelled). Runs use this for the synthetic set only; real datasets
+    are read from their TFDS build (`pipeline.load_splits`).
 
     The synthetic set is generated there first if absent (deterministic, atomic), with
     `synthetic_kwargs` as generator arguments; other datasets ignore them.
@@ -168,8 +366,8 @@ def load_splits(name: str, data_dir: str, synthetic_kwargs: Optional[dict] = Non
     if name == "synthetic":
         from personvit_jax.data.synthetic import generate_synthetic_market
         generate_synthetic_market(root, **(synthetic_kwargs or {}))
-    if layout == "msmt17":
-        return load_msmt17_layout(root)
+    if layout in MSMT17_IMAGE_DIRS:
+        return load_msmt17_layout(root, layout)
     return load_market_layout(root, num_cameras)
 
 

@@ -5,19 +5,63 @@ drawn by `PKSampler` from (seed, s) alone; each process loads only its contiguou
 (`process_slice`), and each image is augmented with a generator seeded by (seed, s, position in
 the global batch). So batches do not depend on the number of processes or workers, and the
 Grain iterator state (saved with every checkpoint) is just a position: resume is exact.
+
+Data sources (`load_splits`, `unlabeled_images`): the synthetic set is read from its raw folder;
+every real dataset from its TFDS build under `data_dir` (`tfds.data_source`, see
+data/builders.py). Either way a `layouts.Split` gives pids, camera ids and `image(i)`, so the
+loaders below do not care where the bytes come from; each process reads only the records of its
+own slice of every global batch.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import grain
 import numpy as np
 
-from personvit_jax.data import augment
+from personvit_jax.data import augment, layouts
 from personvit_jax.data.layouts import Split
 from personvit_jax.data.masking import image_mask
+
+
+def load_splits(name: str, data_dir: str, synthetic_kwargs: Optional[dict] = None
+                ) -> dict[str, Split]:
+    """{'train', 'query', 'gallery'} of dataset `name` (config.data.name) under `data_dir`
+    (config.data.data_dir). 'synthetic': the raw folder, generated there on first use with
+    `synthetic_kwargs`; any other name: its TFDS build written there by data.prepare."""
+    if name == "synthetic":
+        return layouts.load_folder_splits(name, data_dir, synthetic_kwargs)
+    from personvit_jax.data import builders  # TFDS: only imported when a build is read
+
+    return builders.load_record_splits(name, data_dir)
+
+
+def num_cameras(name: str, splits: dict[str, Split], sie: bool) -> int:
+    """Camera count for the SIE embedding: the dataset's published one, else the data's; 0 for
+    data without camera ids (an error when SIE is asked for)."""
+    if not all(s.has_camera_ids for s in splits.values()):
+        if sie:
+            raise ValueError(f"config.model.sie=True needs camera ids, but dataset {name!r} has "
+                             "none (each image got its own camera id): set "
+                             "--config.model.sie=False, or prepare it with a CSV of camera ids")
+        return 0
+    if name in layouts.DATASETS:
+        return layouts.num_cameras(name)
+    return int(max(s.camids.max() for s in splits.values())) + 1
+
+
+def unlabeled_images(data_cfg, index_cache: str) -> Split:
+    """Pretraining images (labels unused) selected by data_cfg.name: 'unlabeled_folder' = its TFDS
+    build under data_cfg.data_dir; 'folder' = every image under data_cfg.root, read from the files
+    (listing cached in `index_cache`); a labelled dataset name = its train split."""
+    if data_cfg.name == "unlabeled_folder":
+        from personvit_jax.data import builders
+
+        return builders.load_unlabeled(data_cfg.data_dir)
+    if data_cfg.name == "folder":
+        return Split.from_paths("train", layouts.image_folder_index(data_cfg.root, index_cache))
+    return load_splits(data_cfg.name, data_cfg.data_dir, data_cfg.synthetic.to_dict())["train"]
 
 
 class PKSampler:
@@ -72,7 +116,7 @@ class TrainBatchLoader:
         images = []
         for pos in positions:
             rng = np.random.default_rng([self.seed, step, pos, 1])
-            img = augment.load_rgb(self.split.paths[idx[pos]])
+            img = self.split.image(idx[pos])
             images.append(augment.reid_train_transform(img, rng, self.aug_cfg))
         local_idx = idx[self.local]
         return {"images": np.stack(images), "labels": self.split.pids[local_idx].astype(np.int32),
@@ -112,8 +156,7 @@ class EvalBatchLoader:
         pos = np.arange(b * self.batch_size, (b + 1) * self.batch_size)[self.local]
         valid = pos < len(self.split)
         pos = np.minimum(pos, len(self.split) - 1)
-        images = [augment.reid_test_transform(augment.load_rgb(self.split.paths[i]), self.aug_cfg)
-                  for i in pos]
+        images = [augment.reid_test_transform(self.split.image(i), self.aug_cfg) for i in pos]
         return {"images": np.stack(images), "camids": self.split.camids[pos].astype(np.int32),
                 "valid": valid}
 
@@ -136,21 +179,23 @@ def eval_iterator(split: Split, data_cfg, batch_size: int, process_index: int = 
 class PretrainBatchLoader:
     """Step -> this process's part of the step's multi-crop batch.
 
-    Images are visited epoch by epoch in a permutation drawn from (seed, epoch). Output:
-    global [b, 2, H, W, 3], local [b, L, h, w, 3] float32, masks [b, 2, N] bool (student global
-    crops; N = patches of a global crop), indices [b] int32.
+    `images`: a Split (labels unused) or a list of image paths. Images are visited epoch by epoch
+    in a permutation drawn from (seed, epoch). Output: global [b, 2, H, W, 3], local
+    [b, L, h, w, 3] float32, masks [b, 2, N] bool (student global crops; N = patches of a global
+    crop), indices [b] int32.
     """
 
-    def __init__(self, paths: list[str], aug_cfg, mask_cfg, mask_grid, batch_size: int,
-                 seed: int, local: slice):
-        self.paths, self.aug_cfg, self.mask_cfg = paths, aug_cfg, mask_cfg
+    def __init__(self, images: Union[Split, Sequence[str]], aug_cfg, mask_cfg, mask_grid,
+                 batch_size: int, seed: int, local: slice):
+        self.images = images if isinstance(images, Split) else Split.from_paths("train", images)
+        self.aug_cfg, self.mask_cfg = aug_cfg, mask_cfg
         self.mask_grid, self.batch_size, self.seed, self.local = (
             tuple(mask_grid), batch_size, seed, local)
-        self.steps_per_epoch = len(paths) // batch_size
+        self.steps_per_epoch = len(self.images) // batch_size
 
     def batch_indices(self, step: int) -> np.ndarray:
         epoch, pos = divmod(step, self.steps_per_epoch)
-        perm = np.random.default_rng([self.seed, epoch, 2]).permutation(len(self.paths))
+        perm = np.random.default_rng([self.seed, epoch, 2]).permutation(len(self.images))
         return perm[pos * self.batch_size:(pos + 1) * self.batch_size]
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
@@ -159,7 +204,7 @@ class PretrainBatchLoader:
         g, l, masks = [], [], []
         for pos in np.arange(len(idx))[self.local]:
             rng = np.random.default_rng([self.seed, step, pos, 3])
-            gv, lv = augment.multicrop(augment.load_rgb(self.paths[idx[pos]]), rng, self.aug_cfg)
+            gv, lv = augment.multicrop(self.images.image(idx[pos]), rng, self.aug_cfg)
             g.append(gv)
             l.append(lv)
             masks.append(np.stack([
@@ -169,43 +214,14 @@ class PretrainBatchLoader:
                 "indices": idx[self.local].astype(np.int32)}
 
 
-def pretrain_iterator(paths: list[str], data_cfg, mask_cfg, mask_grid, batch_size: int,
-                      num_steps: int, seed: int, process_index: int = 0,
+def pretrain_iterator(images: Union[Split, Sequence[str]], data_cfg, mask_cfg, mask_grid,
+                      batch_size: int, num_steps: int, seed: int, process_index: int = 0,
                       process_count: int = 1) -> grain.IterDataset:
-    if len(paths) < batch_size:
-        raise ValueError(f"pretraining needs at least one batch of images: found {len(paths)}, "
+    """`images`: a Split (e.g. from `unlabeled_images`) or a list of image paths."""
+    if len(images) < batch_size:
+        raise ValueError(f"pretraining needs at least one batch of images: found {len(images)}, "
                          f"batch size {batch_size}")
     local = process_slice(batch_size, process_index, process_count)
-    loader = PretrainBatchLoader(paths, data_cfg, mask_cfg, mask_grid, batch_size, seed, local)
+    loader = PretrainBatchLoader(images, data_cfg, mask_cfg, mask_grid, batch_size, seed, local)
     ds = grain.MapDataset.range(num_steps).map(loader)
     return _iter(ds, data_cfg.num_workers, data_cfg.prefetch)
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
-def image_folder_index(root: str, cache_path: str) -> list[str]:
-    """All images under `root` (recursive, sorted), listed once and cached in `cache_path`
-    (first line: the root) so a restart of a run over millions of files does not re-list."""
-    root = os.path.abspath(root)
-    if os.path.isfile(cache_path):
-        with open(cache_path) as f:
-            lines = f.read().splitlines()
-        if lines and lines[0] == root:
-            return lines[1:]
-    if not os.path.isdir(root):
-        raise FileNotFoundError(
-            f"unlabeled image folder {root} does not exist: put person crops there (any "
-            "sub-folder tree of .jpg/.png files, e.g. LUPerson) or point --config.data.root at them")
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        paths.extend(os.path.join(dirpath, n) for n in sorted(filenames)
-                     if n.lower().endswith(IMAGE_EXTENSIONS))
-    if not paths:
-        raise ValueError(f"{root}: no .jpg/.png images found")
-    tmp = f"{cache_path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write("\n".join([root] + paths) + "\n")
-    os.replace(tmp, cache_path)  # atomic: a half-written index is never read
-    return paths

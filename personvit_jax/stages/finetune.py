@@ -19,7 +19,7 @@ import optax
 from absl import logging
 
 from personvit_jax import evaluation, validation
-from personvit_jax.data import layouts, pipeline
+from personvit_jax.data import pipeline
 from personvit_jax.evaluation.features import extract_features, reid_embed_fn
 from personvit_jax.losses import reid_loss
 from personvit_jax.models.reid import reid_model_from_config
@@ -35,8 +35,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = validation.prepare_workdir(config, workdir, is_main)
 
     # ------------------------------------------------------------------ data
-    splits = layouts.load_splits(config.data.name, config.data.data_dir,
-                                 config.data.synthetic.to_dict())
+    splits = pipeline.load_splits(config.data.name, config.data.data_dir,
+                                  config.data.synthetic.to_dict())
     train_split = splits["train"]
     num_classes = train_split.num_ids
     validation.check_finetune_data(config, num_classes)
@@ -57,7 +57,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
 
     # ------------------------------------------------------------------ model & optimizer
-    model = reid_model_from_config(config, num_classes, layouts.num_cameras(config.data.name))
+    num_cams = pipeline.num_cameras(config.data.name, splits, config.model.sie)
+    model = reid_model_from_config(config, num_classes, num_cams)
     tx, lr_schedule = optim.make_finetune_optimizer(config.optim, steps_per_epoch)
     h, w = config.data.image_size
     use_cams = config.model.sie

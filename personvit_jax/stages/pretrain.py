@@ -20,7 +20,7 @@ import optax
 from absl import logging
 
 from personvit_jax import evaluation, losses, validation
-from personvit_jax.data import layouts, pipeline
+from personvit_jax.data import pipeline
 from personvit_jax.evaluation.features import extract_features, normalize_rows
 from personvit_jax.models.pretrain import pretrain_model_from_config
 from personvit_jax.models.vit import grid_size
@@ -36,21 +36,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = validation.prepare_workdir(config, workdir, is_main)
 
     # ------------------------------------------------------------------ data
-    paths = unlabeled_paths(config, workdir)
-    validation.check_pretrain_data(config, len(paths))
+    images = pipeline.unlabeled_images(config.data, os.path.join(workdir, "image_index.txt"))
+    validation.check_pretrain_data(config, len(images))
     batch_size = config.data.batch_size
-    steps_per_epoch = len(paths) // batch_size
+    steps_per_epoch = len(images) // batch_size
     total_steps = config.optim.epochs * steps_per_epoch
     mask_grid = grid_size(config.data.global_size, config.model.patch_size,
                           config.model.patch_stride)
     logging.info("pretraining on %d images: %d steps/epoch, %d steps; %s global + %d x %s local "
-                 "crops", len(paths), steps_per_epoch, total_steps, config.data.global_size,
+                 "crops", len(images), steps_per_epoch, total_steps, config.data.global_size,
                  config.data.num_local_crops, config.data.local_size)
     data_iter = iter(pipeline.pretrain_iterator(
-        paths, config.data, config.mask, mask_grid, batch_size, total_steps, config.seed,
+        images, config.data, config.mask, mask_grid, batch_size, total_steps, config.seed,
         jax.process_index(), jax.process_count()))
-    monitor = layouts.load_splits(config.monitor.dataset, config.monitor.data_dir,
-                                  config.data.synthetic.to_dict())
+    monitor = pipeline.load_splits(config.monitor.dataset, config.monitor.data_dir,
+                                   config.data.synthetic.to_dict())
 
     # ------------------------------------------------------------------ mesh
     mesh = sharding.make_mesh(config.mesh)
@@ -133,17 +133,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logger.close()
     ckpt.close()
     return summary
-
-
-def unlabeled_paths(config, workdir: str) -> list[str]:
-    """The pretraining images: a folder tree (index cached in the workdir) or the synthetic
-    set's train split (labels unused)."""
-    d = config.data
-    if d.name == "folder":
-        return pipeline.image_folder_index(d.root, os.path.join(workdir, "image_index.txt"))
-    if d.name == "synthetic":
-        return layouts.load_splits("synthetic", d.data_dir, d.synthetic.to_dict())["train"].paths
-    raise ValueError(f"config.data.name={d.name!r}: expected 'folder' or 'synthetic'")
 
 
 def init_pretrain_state(student, tx, config) -> dict:

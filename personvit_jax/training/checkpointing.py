@@ -230,7 +230,8 @@ def check_restorable(step_dir: str, target: Any) -> None:
                 for k in sorted(set(flat_s) & set(flat_t)) if flat_s[k] != flat_t[k]]
     problems += [f"{k}: only in the model" for k in sorted(set(flat_t) - set(flat_s))]
     problems += [f"{k}: only in the checkpoint" for k in sorted(set(flat_s) - set(flat_t))]
-    if problems:
+    if problems:  # model arrays first; the optimizer state mirrors them
+        problems.sort(key=lambda p: (p.startswith("opt_state"), p))
         shown = problems[:20] + ([f"... {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise IncompatibleCheckpointError(
             f"{step_dir} does not fit the configured model: " + "; ".join(shown))
