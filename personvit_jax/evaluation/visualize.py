@@ -13,7 +13,6 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from personvit_jax.data.augment import load_rgb
 
 COLOURS = {"query": (40, 90, 220), "match": (30, 170, 60), "wrong": (220, 40, 40),
            "junk": (150, 150, 150), "unlabeled": (60, 60, 60)}
@@ -29,21 +28,21 @@ def outcome(q_pid: int, q_camid: int, g_pids: np.ndarray, g_camids: np.ndarray) 
     return ["junk" if j else "match" if s else "wrong" for s, j in zip(same, junk)]
 
 
-def _tile(path: str, colour, caption: str) -> Image.Image:
+def _tile(image: Image.Image, colour, caption: str) -> Image.Image:
     h, w = THUMB_HW
     tile = Image.new("RGB", (w + 2 * BORDER, h + 2 * BORDER + CAPTION), (255, 255, 255))
     tile.paste(Image.new("RGB", (w + 2 * BORDER, h + 2 * BORDER), colour), (0, 0))
-    tile.paste(load_rgb(path).resize((w, h), Image.BILINEAR), (BORDER, BORDER))
+    tile.paste(image.resize((w, h), Image.BILINEAR), (BORDER, BORDER))
     ImageDraw.Draw(tile).text((2, h + 2 * BORDER), caption[:12], fill=(0, 0, 0))
     return tile
 
 
-def rank_list_image(query_path: str, gallery_paths: Sequence[str], kinds: Sequence[str],
+def rank_list_image(query: Image.Image, gallery: Sequence[Image.Image], kinds: Sequence[str],
                     captions: Optional[Sequence[str]] = None, title: str = "") -> Image.Image:
     """One row: the query, a gap, then the ranked gallery images framed by `kinds`."""
-    captions = captions or [f"#{i + 1}" for i in range(len(gallery_paths))]
-    tiles = [_tile(query_path, COLOURS["query"], "query")]
-    tiles += [_tile(p, COLOURS[k], c) for p, k, c in zip(gallery_paths, kinds, captions)]
+    captions = captions or [f"#{i + 1}" for i in range(len(gallery))]
+    tiles = [_tile(query, COLOURS["query"], "query")]
+    tiles += [_tile(g, COLOURS[k], c) for g, k, c in zip(gallery, kinds, captions)]
     tw, th = tiles[0].size
     gap = 12
     top = CAPTION if title else 0
@@ -86,8 +85,8 @@ def top_k_rows(dist_row: np.ndarray, k: int) -> np.ndarray:
 def write_rank_lists(out_dir: str, query, gallery, dist_fn, per_query: dict,
                      chosen: Sequence[int], top_k: int = 10, num_worst: int = 16) -> list[str]:
     """ranks/<query name>.png for `chosen` query indices and ranks/worst_queries.png (the
-    valid queries with the lowest AP, worst first). `query` / `gallery`: splits (paths, pids,
-    camids); dist_fn(query indices) -> [c, G] distances. Returns the files written."""
+    valid queries with the lowest AP, worst first). `query` / `gallery`: splits (`image(i)`,
+    pids, camids, paths naming the images); dist_fn(query indices) -> [c, G] distances. Returns the files written."""
     if top_k < 1:
         raise ValueError(f"rank lists need top_k >= 1, got {top_k}")
     os.makedirs(out_dir, exist_ok=True)
@@ -101,7 +100,7 @@ def write_rank_lists(out_dir: str, query, gallery, dist_fn, per_query: dict,
         kinds = outcome(query.pids[qi], query.camids[qi], gallery.pids[top], gallery.camids[top])
         ap = per_query["ap"][qi] if per_query["valid"][qi] else float("nan")
         name = os.path.splitext(os.path.basename(query.paths[qi]))[0]
-        rows[qi] = rank_list_image(query.paths[qi], [gallery.paths[j] for j in top], kinds,
+        rows[qi] = rank_list_image(query.image(qi), [gallery.image(j) for j in top], kinds,
                                    title=f"{name}  AP {ap:.3f}")
     for qi in chosen:
         path = os.path.join(out_dir, os.path.splitext(os.path.basename(query.paths[qi]))[0]

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from personvit_jax.data import layouts
+from personvit_jax.data import layouts, pipeline
 from personvit_jax.evaluation import ranking, visualize
 from personvit_jax.evaluation.features import (checkpoint_embedder, extract_features,
                                                progress_printer, save_npz, write_text)
@@ -44,8 +44,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     is_main = jax.process_index() == 0
 
     # ------------------------------------------------------------------ data
-    splits = layouts.load_splits(config.data.name, config.data.data_dir,
-                                 config.data.synthetic.to_dict())
+    splits = pipeline.load_splits(config.data.name, config.data.data_dir,
+                                  config.data.synthetic.to_dict())
     query, gallery = splits["query"], splits["gallery"]
 
     # ------------------------------------------------------------------ checkpoint -> embed
@@ -80,9 +80,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ files
     os.makedirs(workdir, exist_ok=True)
-    root = layouts.dataset_root(config.data.name, config.data.data_dir)
-    names = {n: [os.path.relpath(p, root) for p in s.paths]
-             for n, s in (("query", query), ("gallery", gallery))}
+    names = {"query": image_names(query, config.data), "gallery": image_names(gallery, config.data)}
     save_npz(os.path.join(workdir, "features.npz"), {
         "query_features": qf, "gallery_features": gf, "query_pids": query.pids,
         "gallery_pids": gallery.pids, "query_camids": query.camids,
@@ -101,6 +99,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                config.ranks.top_k, config.ranks.num_worst)
     write_text(os.path.join(workdir, "eval_results.json"), json.dumps(results, indent=2))
     return results
+
+
+def image_names(split, data_cfg) -> list[str]:
+    """Image names for features.npz: paths relative to the dataset folder for a raw folder, the
+    names recorded at build time for a TFDS build."""
+    if split.records is not None:
+        return list(split.paths)
+    root = layouts.dataset_root(data_cfg.name, data_cfg.data_dir)
+    return [os.path.relpath(p, root) for p in split.paths]
 
 
 def chosen_queries(query, ranks_cfg) -> list[int]:

@@ -17,14 +17,13 @@ Nothing is overwritten unless --overwrite is given.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from personvit_jax.data.layouts import Split
-from personvit_jax.data.pipeline import image_folder_index
+from personvit_jax.data.augment import load_rgb
+from personvit_jax.data.layouts import Split, list_images
 from personvit_jax.evaluation import ranking, visualize
 from personvit_jax.evaluation.features import (checkpoint_embedder, extract_features,
                                                progress_printer, save_npz)
@@ -49,10 +48,7 @@ flags.mark_flag_as_required("checkpoint")
 
 def folder_split(root: str) -> Split:
     """Every image under `root` (recursive, sorted) as an unlabeled split."""
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = image_folder_index(root, os.path.join(tmp, "index.txt"))
-    zeros = np.zeros(len(paths), np.int32)
-    return Split(os.path.basename(os.path.normpath(root)), paths, zeros, zeros)
+    return Split.from_paths(os.path.basename(os.path.normpath(root)), list_images(root))
 
 
 def embed_split(config, split: Split, label: str) -> tuple[np.ndarray, dict]:
@@ -107,14 +103,14 @@ def look_up(config, query: str, g_feats: np.ndarray, g_paths: list[str], top: in
     if not os.path.isfile(query):
         raise FileNotFoundError(f"--query={query}: no such image")
     refuse_existing(draw, overwrite)
-    zeros = np.zeros(1, np.int32)
-    q_feats, _ = embed_split(config, Split("query", [query], zeros, zeros), "query")
+    q_feats, _ = embed_split(config, Split.from_paths("query", [query]), "query")
     dist = ranking.pairwise_distances(q_feats, g_feats, config.eval.metric)[0]
     best = visualize.top_k_rows(dist, top)
     found = [(g_paths[j], float(dist[j])) for j in best]
     for r, (path, d) in enumerate(found, 1):
         print(f"{r:4d}  {d:.4f}  {path}")
-    image = visualize.rank_list_image(query, [p for p, _ in found], ["unlabeled"] * len(found),
+    image = visualize.rank_list_image(load_rgb(query), [load_rgb(p) for p, _ in found],
+                                      ["unlabeled"] * len(found),
                                       [f"#{r}: {d:.3f}" for r, (_, d) in enumerate(found, 1)],
                                       title=f"{os.path.basename(query)}: {config.eval.metric}")
     visualize.save_png(image, draw)
