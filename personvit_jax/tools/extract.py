@@ -31,19 +31,28 @@ from personvit_jax.training import sharding
 
 _EVAL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "configs", "evaluate.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _EVAL_CONFIG, "Evaluate config (model, "
-                                          "eval and data overrides).", lock_config=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Run workdir, checkpoints/ folder, step "
-                                  "folder or converted checkpoint folder.")
-_IMAGES = flags.DEFINE_string("images", None, "Folder of .jpg/.jpeg/.png images (recursive).")
-_OUTPUT = flags.DEFINE_string("output", None, "Write the folder's features to this .npz.")
-_GALLERY = flags.DEFINE_string("gallery", None, "A .npz written by --output, searched by --query.")
-_QUERY = flags.DEFINE_string("query", None, "An image to look up in the gallery.")
-_TOP = flags.DEFINE_integer("top", 10, "Number of nearest gallery images to print and draw.")
-_DRAW = flags.DEFINE_string("draw", None, "PNG for the query's rank list (default: "
-                            "<query name>_top<K>.png in the current folder).")
-_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
-flags.mark_flag_as_required("checkpoint")
+
+
+def define_flags() -> dict:
+    """The command-line flags (defined only when run as a program, so that importing this
+    module, e.g. from tests, never clashes with other tools' flags)."""
+    f = {"config": config_flags.DEFINE_config_file(
+        "config", _EVAL_CONFIG, "Evaluate config (model, eval and data overrides).",
+        lock_config=True)}
+    f["checkpoint"] = flags.DEFINE_string("checkpoint", None, "Run workdir, checkpoints/ folder, "
+                                          "step folder or converted checkpoint folder.")
+    f["images"] = flags.DEFINE_string("images", None, "Folder of .jpg/.jpeg/.png images "
+                                      "(recursive).")
+    f["output"] = flags.DEFINE_string("output", None, "Write the folder's features to this .npz.")
+    f["gallery"] = flags.DEFINE_string("gallery", None, "A .npz written by --output, searched by "
+                                       "--query.")
+    f["query"] = flags.DEFINE_string("query", None, "An image to look up in the gallery.")
+    f["top"] = flags.DEFINE_integer("top", 10, "Nearest gallery images to print and draw.")
+    f["draw"] = flags.DEFINE_string("draw", None, "PNG for the query's rank list (default: "
+                                    "<query name>_top<K>.png in the current folder).")
+    f["overwrite"] = flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
+    flags.mark_flag_as_required("checkpoint")
+    return f
 
 
 def folder_split(root: str) -> Split:
@@ -118,24 +127,26 @@ def look_up(config, query: str, g_feats: np.ndarray, g_paths: list[str], top: in
     return found
 
 
-def main(argv) -> None:
+def main(argv, f: dict) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
-    config.checkpoint = _CHECKPOINT.value
-    if not (_IMAGES.value or _GALLERY.value):
+    v = {k: h.value for k, h in f.items()}
+    config = v["config"]
+    config.checkpoint = v["checkpoint"]
+    if not (v["images"] or v["gallery"]):
         raise app.UsageError("give --images=FOLDER (to extract) or --gallery=F.npz (to search)")
-    if _QUERY.value is None and not _OUTPUT.value:
+    if v["query"] is None and not v["output"]:
         raise app.UsageError("give --output=F.npz (extract) and/or --query=IMAGE (look up)")
-    if _IMAGES.value:
-        g_feats, g_paths = extract_folder(config, _IMAGES.value, _OUTPUT.value, _OVERWRITE.value)
+    if v["images"]:
+        g_feats, g_paths = extract_folder(config, v["images"], v["output"], v["overwrite"])
     else:
-        g_feats, g_paths = load_gallery(_GALLERY.value)
-    if _QUERY.value:
-        stem = os.path.splitext(os.path.basename(_QUERY.value))[0]
-        look_up(config, _QUERY.value, g_feats, g_paths, _TOP.value,
-                _DRAW.value or f"{stem}_top{_TOP.value}.png", _OVERWRITE.value)
+        g_feats, g_paths = load_gallery(v["gallery"])
+    if v["query"]:
+        stem = os.path.splitext(os.path.basename(v["query"]))[0]
+        look_up(config, v["query"], g_feats, g_paths, v["top"],
+                v["draw"] or f"{stem}_top{v['top']}.png", v["overwrite"])
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _flags = define_flags()
+    app.run(lambda argv: main(argv, _flags))
