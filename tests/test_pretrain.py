@@ -4,6 +4,7 @@ import os
 import shutil
 
 import ml_collections
+import jax
 import numpy as np
 import pytest
 
@@ -115,3 +116,20 @@ def test_handoff_finetune_loads_teacher_backbone(tiny_pt_config, tmp_path):
     teacher = dict(pt["teacher"]["backbone"])
     teacher.pop("mask_token")  # pretraining only; the fine-tune ViT has none
     assert_trees(backbone, teacher)
+
+
+def test_init_from_pretrain_run_continues_with_its_teacher_head(tiny_pt_config, tmp_path):
+    src = tmp_path / "src"
+    pretrain.train(tiny_pt_config(**{"optim.epochs": 1}), str(src))
+    dst = tmp_path / "dst"
+    pretrain.train(tiny_pt_config(**{"optim.epochs": 1, "init_from": str(src),
+                                     "optim.base_lr": 0.0, "optim.min_lr": 0.0}), str(dst))
+    a, b = load_state_tree(src), load_state_tree(dst)
+    assert_trees(a["teacher"]["head"], b["teacher"]["head"])  # LR 0: loaded head kept as is
+    assert_trees(a["teacher"]["backbone"], b["teacher"]["backbone"])
+    # A head of another shape is not forced in: it starts fresh (and the log says so).
+    other = tmp_path / "other"
+    pretrain.train(tiny_pt_config(**{"optim.epochs": 1, "init_from": str(src),
+                                     "head.out_dim": 32, "head.patch_out_dim": 32}), str(other))
+    head = load_state_tree(other)["teacher"]["head"]["last_layer"]
+    assert all(np.shape(x)[-1] == 32 for x in jax.tree.leaves(head))  # fresh, 32 prototypes

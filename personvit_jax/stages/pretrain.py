@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 
@@ -105,7 +106,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         params = checkpointing.merge_backbone(jax.device_get(state["student"]), backbone,
                                               config.init_from, config.model.pos_grid,
                                               log=logging.info)
-        return jax.device_put(dict(state, student=params, teacher=params,
+        params = dict(params, head=checkpointing.pretrained_head(
+            config.init_from, params["head"], log=logging.info))
+        params = jax.tree.map(np.asarray, params)  # host copies: the two trees must not
+        # share device buffers (the jitted step donates both)
+        return jax.device_put(dict(state, student=params, teacher=jax.tree.map(np.copy, params),
                                    opt_state=tx.init(params)), repl)
 
     state = checkpointing.restore_or_initialize(ckpt, state, data_iter, config.init_from,

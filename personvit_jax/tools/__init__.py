@@ -1,1 +1,1 @@
-"""Command-line tools: convert, extract, export."""
+"""Command-line tools around the pipeline: weight conversion, feature extraction, export."""

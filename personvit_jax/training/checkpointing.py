@@ -134,6 +134,26 @@ def inference_variables(path: str) -> tuple[str, dict]:
     return "backbone", {"params": pretrained_backbone(path)}
 
 
+def pretrained_head(path: str, fresh_head: dict, log=print) -> dict:
+    """The projection head to continue pretraining with: the checkpoint's TEACHER head (a
+    pretrain run, or iBOT/DINO weights converted with --heads) when it has exactly the arrays
+    and shapes of `fresh_head`; else `fresh_head`, and the log says why."""
+    tree = load_state_tree(path)
+    head = tree.get("teacher", {}).get("head") if isinstance(tree.get("teacher"), dict) else None
+    if head is None:
+        log(f"init_from: {path} has no projection head; the head starts fresh")
+        return fresh_head
+    want = {path_name(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(fresh_head)}
+    have = {path_name(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(head)}
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        log(f"init_from: the head of {path} does not match config.head ({diff[:5]}); the head "
+            "starts fresh")
+        return fresh_head
+    log(f"init_from: projection head loaded from {path} (teacher head)")
+    return jax.tree.map(lambda f, h: np.asarray(h, np.asarray(f).dtype), fresh_head, head)
+
+
 def merge_backbone(params: dict, backbone: dict, source: str, pos_grid, log=print) -> dict:
     """Copies `backbone` into params['backbone'] (pos_embed resized when the grid differs; the
     JPM block, if any, starts as a copy of the last block). Other mismatches are errors that name
@@ -156,7 +176,7 @@ def merge_backbone(params: dict, backbone: dict, source: str, pos_grid, log=prin
             continue
         t = flat_t[k]
         if k == "['pos_embed']" and v.shape != t.shape:
-            v = resize_pos_embed_tokens(np.asarray(v), tuple(pos_grid))
+            v = resize_pos_embed_tokens(np.asarray(v), tuple(pos_grid), _saved_pos_grid(source))
             log(f"init_from: resized pos_embed {flat_s[k].shape} -> {t.shape}")
         if v.shape != t.shape:
             mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(t.shape)}")
@@ -178,9 +198,24 @@ def merge_backbone(params: dict, backbone: dict, source: str, pos_grid, log=prin
     return out
 
 
-def stored_grid(num_patches: int) -> tuple[int, int]:
-    """Grid of a stored position embedding from its patch count: height = 2 x width (person
-    crops, e.g. 16x8 at 256x128) when that fits, else square (e.g. 14x14 at 224x224)."""
+def _saved_pos_grid(path: str):
+    """model.pos_grid of the saved config of the checkpoint at `path` (None if unknown): the
+    only way to read grids such as 21x10 (overlapping patches) that a token count leaves open."""
+    try:
+        config = saved_config(path)
+    except (FileNotFoundError, ValueError):
+        return None
+    model = config.get("model") if config is not None else None
+    return tuple(model["pos_grid"]) if model is not None and "pos_grid" in model else None
+
+
+def stored_grid(num_patches: int, expected=None) -> tuple[int, int]:
+    """Grid of a stored position embedding from its patch count: `expected` (e.g. the grid the
+    checkpoint's config or image size and stride give, such as TransReID's 21x10 at 256x128 with
+    stride 12) when its size matches, else height = 2 x width (person crops, e.g. 16x8 at
+    256x128) when that fits, else square (e.g. 14x14 at 224x224)."""
+    if expected is not None and int(expected[0]) * int(expected[1]) == num_patches:
+        return int(expected[0]), int(expected[1])
     w = int(round((num_patches / 2) ** 0.5))
     if 2 * w * w == num_patches:
         return 2 * w, w
@@ -188,13 +223,15 @@ def stored_grid(num_patches: int) -> tuple[int, int]:
     if s * s == num_patches:
         return s, s
     raise ValueError(f"cannot infer the grid of a stored pos_embed with {num_patches} patch "
-                     "tokens (neither h = 2w nor square)")
+                     "tokens (neither the expected grid "
+                     f"{tuple(expected) if expected is not None else None}, nor h = 2w, nor square)")
 
 
-def resize_pos_embed_tokens(pos_1nd: np.ndarray, new_grid) -> np.ndarray:
-    """[1, 1 + h*w, D] (CLS first) -> [1, 1 + h'*w', D] for `new_grid` = (h', w')."""
+def resize_pos_embed_tokens(pos_1nd: np.ndarray, new_grid, old_grid=None) -> np.ndarray:
+    """[1, 1 + h*w, D] (CLS first) -> [1, 1 + h'*w', D] for `new_grid` = (h', w'); the stored
+    grid (h, w) is `old_grid` when it fits the token count, else inferred (`stored_grid`)."""
     d = pos_1nd.shape[-1]
-    h, w = stored_grid(pos_1nd.shape[1] - 1)
+    h, w = stored_grid(pos_1nd.shape[1] - 1, old_grid)
     grid = resize_pos_embed(jax.numpy.asarray(pos_1nd[0, 1:]).reshape(h, w, d), new_grid)
     return np.concatenate([pos_1nd[:, :1], np.asarray(grid).reshape(1, -1, d)], axis=1)
 
