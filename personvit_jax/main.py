@@ -25,7 +25,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-STAGES = ("finetune", "pretrain")
+STAGES = ("finetune", "pretrain", "evaluate")
 
 
 def _setup_jax() -> None:
@@ -54,6 +54,8 @@ def main(argv) -> None:
         from personvit_jax.stages.finetune import train
     elif config.stage == "pretrain":
         from personvit_jax.stages.pretrain import train
+    elif config.stage == "evaluate":
+        from personvit_jax.stages.evaluate import evaluate as train
     else:
         raise ValueError(f"config.stage={config.stage!r}: expected one of {STAGES}")
     train(config, _WORKDIR.value)

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -46,12 +47,14 @@ def reid_embed_fn(model, eval_cfg, use_cams: bool) -> Callable:
 
 
 def extract_features(embed_fn: Callable[[jax.Array, jax.Array], jax.Array], split: Split,
-                     data_cfg, mesh: Mesh, batch_size: int) -> np.ndarray:
+                     data_cfg, mesh: Mesh, batch_size: int,
+                     progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """Features [N, D] of every image of `split`, in split order.
 
     `embed_fn(images [B, H, W, 3], camids [B]) -> [B, D]` must return a replicated array (each
     process then holds all rows). The split is read in global batches of `batch_size`; the last
-    one is padded, and the padding is cut off here.
+    one is padded, and the padding is cut off here. `progress(done, total)` is called after
+    each batch (e.g. `progress_printer`).
     """
     out = []
     it = eval_iterator(split, data_cfg, batch_size, jax.process_index(), jax.process_count())
@@ -59,6 +62,8 @@ def extract_features(embed_fn: Callable[[jax.Array, jax.Array], jax.Array], spli
         batch.pop("valid")
         g = to_global(batch, mesh)
         out.append(np.asarray(embed_fn(g["images"], g["camids"])))
+        if progress is not None:
+            progress(min(len(out) * batch_size, len(split)), len(split))
     return np.concatenate(out)[: len(split)]
 
 
@@ -92,3 +97,111 @@ def checkpoint_embed_fn(path: str, model_cfg, eval_cfg, num_cameras: int = 0):
                       eval_cfg.get("flip", False))(images)
         return normalize_rows(f) if eval_cfg.normalize else f
     return embed, variables, kind
+
+
+# ---------------------------------------------------------------------------------------------
+# From a checkpoint folder to what inference needs: architecture, preprocessing, embed function
+# ---------------------------------------------------------------------------------------------
+
+
+def _set_fields(cfg) -> dict:
+    """The fields of a config block the user set (None = not set: take the checkpoint's)."""
+    return {k: v for k, v in (cfg.items() if cfg is not None else []) if v is not None}
+
+
+def resolve_model_config(checkpoint: str, model_cfg, default_model=None
+                         ) -> ml_collections.ConfigDict:
+    """The architecture to build for `checkpoint`: the `model` block of the run's saved
+    config.json, with the fields set in `model_cfg` (non-None) overriding it. Without a saved
+    config, `default_model` plus the overrides, which must then at least name the model."""
+    from personvit_jax.training.checkpointing import resolve_checkpoint, saved_config
+
+    saved = saved_config(checkpoint)
+    given = _set_fields(model_cfg)
+    if saved is not None and "model" in saved:
+        base = saved.model
+    elif "name" in given and default_model is not None:
+        base = default_model
+    else:
+        workdir = os.path.dirname(os.path.dirname(resolve_checkpoint(checkpoint)))
+        raise ValueError(
+            f"{checkpoint}: no saved config ({os.path.join(workdir, 'config.json')} is missing) "
+            "and no model given: pass the architecture, e.g. --config.model.name=vit_small (and "
+            "any field that differs from configs/finetune.py, e.g. --config.model.patch_stride=12)")
+    out = ml_collections.ConfigDict(base.to_dict())
+    out.update(given)
+    return out
+
+
+def resolve_preprocessing(checkpoint: str, data_cfg) -> ml_collections.ConfigDict:
+    """Test preprocessing {image_size, mean, std} for `checkpoint`: fields set in `data_cfg`
+    win, then the run's saved config (fine-tune `data.image_size`, pretrain `data.global_size`,
+    `data.mean` / `data.std`), then PersonViT's 256x128 with mean = std = 0.5."""
+    from personvit_jax.training.checkpointing import saved_config
+
+    saved = saved_config(checkpoint)
+    sd = saved.get("data", {}) if saved is not None else {}
+    given = _set_fields(data_cfg)
+    size = given.get("image_size") or sd.get("image_size") or sd.get("global_size") or (256, 128)
+    return ml_collections.ConfigDict({
+        "image_size": tuple(size),
+        "mean": tuple(given.get("mean") or sd.get("mean") or (0.5, 0.5, 0.5)),
+        "std": tuple(given.get("std") or sd.get("std") or (0.5, 0.5, 0.5)),
+        "num_workers": given.get("num_workers", 0), "prefetch": given.get("prefetch", 2)})
+
+
+def checkpoint_embedder(config, mesh: Mesh):
+    """An evaluate-style config (checkpoint, model / data overrides, default_model, eval) ->
+    (embed(images [B, H, W, 3], camids [B]) -> [B, D] jitted on `mesh`, preprocessing data
+    config, resolved model config, kind). Shared by the evaluate stage and the extract tool."""
+    from personvit_jax.data import layouts
+    from personvit_jax.training import sharding
+    from personvit_jax.training.checkpointing import saved_config
+
+    model_cfg = resolve_model_config(config.checkpoint, config.model, config.get("default_model"))
+    data_cfg = resolve_preprocessing(config.checkpoint, config.data)
+    saved = saved_config(config.checkpoint)
+    saved_data = saved.get("data", {}).get("name") if saved is not None else None
+    num_cams = layouts.num_cameras(saved_data) if saved_data in layouts.DATASETS else 0
+    embed, variables, kind = checkpoint_embed_fn(config.checkpoint, model_cfg, config.eval,
+                                                 num_cams)
+    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    fn = jax.jit(embed, in_shardings=(repl, batch_sh, batch_sh), out_shardings=repl)
+    variables = jax.device_put(variables, repl)
+    return (lambda images, camids: fn(variables, images, camids)), data_cfg, model_cfg, kind
+
+
+def progress_printer(label: str, stream=None) -> Callable[[int, int], None]:
+    """(done, total) -> one self-overwriting progress line with rate and ETA on stderr."""
+    import sys
+    import time
+
+    stream = stream or sys.stderr
+    t0 = time.perf_counter()
+
+    def show(done: int, total: int) -> None:
+        dt = max(time.perf_counter() - t0, 1e-9)
+        eta = (total - done) * dt / max(done, 1)
+        bar = "#" * int(30 * done / max(total, 1))
+        stream.write(f"\r{label} [{bar:<30}] {done}/{total} images, {done / dt:.1f} img/s, "
+                     f"ETA {eta:.0f} s")
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+    return show
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes through a temporary file renamed into place (never a half-written file)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_npz(path: str, arrays: dict) -> None:
+    """np.savez to exactly `path` (no added suffix) through a temporary file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)

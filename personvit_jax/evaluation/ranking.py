@@ -1,4 +1,4 @@
-"""Distances and the Market-1501 ranking metrics (CMC, mAP, mINP).
+"""Distances and the Market-1501 ranking metrics (CMC, mAP, mINP) in bounded memory.
 
 Protocol (Zheng et al., ICCV 2015; used for Market-1501, DukeMTMC-reID, MSMT17, Occluded-Duke):
   * for each query, gallery entries with the query's pid AND camera are removed (same-camera
@@ -7,26 +7,28 @@ Protocol (Zheng et al., ICCV 2015; used for Market-1501, DukeMTMC-reID, MSMT17, 
   * AP is non-interpolated: the mean over true matches of the precision at that match's rank;
   * CMC[r] = fraction of valid queries whose first true match is at rank <= r + 1;
   * INP = (number of true matches) / (rank of the hardest, i.e. last, true match); mINP = mean.
-Ties in distance are broken by gallery order (stable sort): the earlier gallery entry ranks first.
+
+Ties: distances are compared as float32 (-0.0 counts as 0.0); equal distances are ordered by
+gallery index, the earlier gallery entry ranking first (the order of a stable sort).
+
+How it scales (MSMT17: 11,659 x 82,161): no row is ever sorted. Query chunks of the distance
+matrix are computed by a jitted matmul; for each query, only the gallery entries at or below its
+LAST true match can precede a true match, so just those candidates get a sort key (float32 bits,
+then gallery index) and each true match's rank is the number of candidate keys below its own,
+minus the same-camera entries of its pid ahead of it. That is exactly the stable-sort rank.
+Memory: one [chunk, G] distance block plus its candidates.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-
-def pairwise_distances(qf_qd: np.ndarray, gf_gd: np.ndarray, metric: str = "euclidean") -> np.ndarray:
-    """[Q, G] float32 distances: squared Euclidean (same ranking as Euclidean) or 1 - cosine."""
-    qf = np.asarray(qf_qd, np.float32)
-    gf = np.asarray(gf_gd, np.float32)
-    if metric == "euclidean":
-        d = (np.sum(qf ** 2, 1)[:, None] + np.sum(gf ** 2, 1)[None, :] - 2.0 * qf @ gf.T)
-        return np.maximum(d, 0.0)
-    if metric == "cosine":
-        return 1.0 - l2_normalize(qf) @ l2_normalize(gf).T
-    raise ValueError(f"metric={metric!r}: expected 'euclidean' or 'cosine'")
+DEFAULT_CHUNK = 256  # queries per distance block: 256 x 82,161 float32 = 84 MB
 
 
 def l2_normalize(x_nd: np.ndarray) -> np.ndarray:
@@ -34,66 +36,282 @@ def l2_normalize(x_nd: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _rank_chunk(dist_qg, q_pids, g_pids, q_camids, g_camids):
-    """Per-query AP, INP, first-hit rank (0-based; -1 if none) and validity for a query chunk."""
-    order = np.argsort(dist_qg, axis=1, kind="stable")
-    match = g_pids[order] == q_pids[:, None]                          # [q, G] in ranked order
-    keep = ~(match & (g_camids[order] == q_camids[:, None]))          # Market protocol removal
-    match &= keep
-    rank0 = np.cumsum(keep, axis=1) - 1                               # 0-based rank among kept
-    hits = np.cumsum(match, axis=1)                                   # true matches so far
-    num_match = hits[:, -1]
+def _check_metric(metric: str) -> None:
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric={metric!r}: expected 'euclidean' or 'cosine'")
+
+
+@functools.partial(jax.jit, static_argnames="metric")
+def distance_block(q_qd: jax.Array, g_gd: jax.Array, g_sq_g: jax.Array, metric: str) -> jax.Array:
+    """[q, G] float32 distances of a query block to a prepared gallery (see `prepare_gallery`):
+    squared Euclidean (the same ranking as Euclidean), or 1 - cosine."""
+    if metric == "cosine":
+        q = q_qd / jnp.maximum(jnp.linalg.norm(q_qd, axis=1, keepdims=True), 1e-12)
+        return 1.0 - jnp.matmul(q, g_gd.T, precision=jax.lax.Precision.HIGHEST)
+    dot = jnp.matmul(q_qd, g_gd.T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.maximum(jnp.sum(q_qd ** 2, 1)[:, None] + g_sq_g[None, :] - 2.0 * dot, 0.0)
+
+
+def prepare_gallery(gf_gd, metric: str) -> tuple[jax.Array, jax.Array]:
+    """Gallery features on device (L2-normalised for cosine) and their squared norms [G]."""
+    _check_metric(metric)
+    g = jnp.asarray(l2_normalize(gf_gd) if metric == "cosine" else np.asarray(gf_gd, np.float32))
+    return g, jnp.sum(g ** 2, 1)
+
+
+def pairwise_distances(qf_qd: np.ndarray, gf_gd: np.ndarray, metric: str = "euclidean",
+                       chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
+    """[Q, G] float32 distances (dense; for small problems and pictures)."""
+    qf = np.asarray(qf_qd, np.float32)
+    rows = feature_distance_rows(qf, gf_gd, metric, chunk_size)
+    return np.asarray(rows(np.arange(len(qf)))) if len(qf) else np.zeros((0, len(gf_gd)),
+                                                                              np.float32)
+
+
+def feature_distance_rows(qf_qd, gf_gd, metric: str, chunk_size: int) -> Callable:
+    """query indices [c] -> [c, G] distances (a device array, computed asynchronously). The
+    queries go through `distance_block` in blocks padded to `chunk_size` rows, so one
+    compilation serves every block."""
+    g, g_sq = prepare_gallery(gf_gd, metric)
+    qf = np.asarray(qf_qd, np.float32)
+
+    def block(idx: np.ndarray):
+        q = np.zeros((chunk_size, qf.shape[1]), np.float32)
+        q[:len(idx)] = qf[idx]
+        return distance_block(jnp.asarray(q), g, g_sq, metric)[:len(idx)]
+
+    def rows(idx: np.ndarray):
+        parts = [block(idx[s:s + chunk_size]) for s in range(0, len(idx), chunk_size)]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact per-query ranks from a [q, G] distance block
+# ---------------------------------------------------------------------------------------------
+
+
+def _float_keys(d: np.ndarray) -> np.ndarray:
+    """float32 -> uint64 with the same order (negatives flipped; -0.0 first made 0.0)."""
+    u = (np.asarray(d, np.float32) + np.float32(0.0)).view(np.uint32)
+    return np.where(u >> 31, ~u, u | np.uint32(0x80000000)).astype(np.uint64)
+
+
+def _same_pid_index(q_pids: np.ndarray, g_pids: np.ndarray):
+    """Gallery entries sharing each query's pid: (gallery order sorted by pid, first position
+    in it [Q], count [Q])."""
+    order = np.argsort(g_pids, kind="stable")
+    sorted_pids = g_pids[order]
+    start = np.searchsorted(sorted_pids, q_pids, "left")
+    count = np.searchsorted(sorted_pids, q_pids, "right") - start
+    return order, start, count
+
+
+def nonzero_below(x_qn: np.ndarray, limit_q: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(rows, columns, values) of the entries x[r, c] <= limit[r] (row-major order). A flat
+    search is several times faster than a 2-D np.nonzero."""
+    x = np.ascontiguousarray(x_qn)
+    flat = np.flatnonzero(x <= limit_q[:, None])
+    rows = flat // x.shape[1]
+    return rows, flat - rows * x.shape[1], x.ravel()[flat]
+
+
+NUM_BUCKETS = 1024  # distance buckets per query row for counting (see `_count_ahead`)
+
+
+def _count_ahead(dist_qg: np.ndarray, limit_q: np.ndarray, d_qm: np.ndarray, j_qm: np.ndarray,
+                 wanted_qm: np.ndarray) -> np.ndarray:
+    """[q, M]: for each wanted entry (distance d_qm, gallery index j_qm, with d_qm <= limit_q),
+    how many gallery entries of its row order before it: smaller distance, or equal distance
+    and smaller index. Entries beyond limit_q cannot, so only the candidates at or below it are
+    looked at; they are counted per distance bucket (a monotone float map, so a lower bucket
+    means a smaller distance), and only buckets holding a wanted entry are ordered exactly."""
+    q, num_g = dist_qg.shape
+    nb = NUM_BUCKETS
+    rows, cols, vals = nonzero_below(dist_qg, limit_q)
+    lo = vals.min() if len(vals) else np.float32(0.0)
+    span = limit_q.astype(np.float32) - lo
+    scale = np.where(span > 0, np.float32(nb) / np.where(span > 0, span, 1), 0).astype(np.float32)
+
+    def bucket(x, r):  # flat (row, bucket) id; monotone in x within a row
+        b = np.clip(np.floor((x.astype(np.float32) - lo) * scale[r]), 0, nb - 1)
+        return r * nb + b.astype(np.int64)
+
+    flat = bucket(vals, rows)
+    hist = np.bincount(flat, minlength=q * nb).reshape(q, nb)
+    lower_in_row = (np.cumsum(hist, 1) - hist).ravel()
+    m_rows = np.nonzero(wanted_qm)
+    wf = bucket(d_qm[m_rows], m_rows[0])
+    # Exact order inside the wanted buckets: merge the wanted entries with the candidates sharing
+    # their buckets, sorted by (bucket, distance, index, wanted first on a tie with itself).
+    shared = np.zeros(q * nb, bool)
+    shared[wf] = True
+    sel = shared[flat]
+    sf, sv, sc = flat[sel], vals[sel], cols[sel]
+    nw = len(wf)
+    flag = np.concatenate([np.zeros(nw, np.int8), np.ones(len(sf), np.int8)])
+    order = np.lexsort((flag, np.concatenate([j_qm[m_rows], sc]),
+                        np.concatenate([d_qm[m_rows], sv]), np.concatenate([wf, sf])))
+    is_cand = flag[order]
+    cands_before = np.empty(len(order), np.int64)
+    cands_before[order] = np.cumsum(is_cand) - is_cand
+    s_hist = np.bincount(sf, minlength=q * nb)
+    in_lower_buckets = np.cumsum(s_hist) - s_hist  # shared candidates in lower flat buckets
+    out = np.zeros(d_qm.shape, np.int64)
+    out[m_rows] = lower_in_row[wf] + cands_before[:nw] - in_lower_buckets[wf]
+    return out
+
+
+def _rank_block(dist_qg: np.ndarray, same_qm: np.ndarray, in_pid_qm: np.ndarray,
+                same_cam_qm: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-query (AP, INP, 0-based rank of the first true match or -1, valid) of one block.
+
+    same_qm [q, M]: gallery indices with the query's pid (padded), in_pid_qm: which are real,
+    same_cam_qm: which are in the query's camera (removed by the protocol).
+    """
+    num_g = dist_qg.shape[1]
+    idx_bits = max(1, int(num_g - 1).bit_length())
+    rows = np.arange(len(dist_qg))
+    match = in_pid_qm & ~same_cam_qm
+    removed = in_pid_qm & same_cam_qm
+    num_match = match.sum(1)
+    d_m = dist_qg[rows[:, None], same_qm]
+    key_m = (_float_keys(d_m) << np.uint64(idx_bits)) | same_qm.astype(np.uint64)
+    # Only entries no farther than the query's last true match can rank ahead of a true match.
+    last_d = np.where(match, d_m, -np.inf).max(1, initial=-np.inf).astype(np.float32)
+    ahead_all = _count_ahead(dist_qg, last_d, d_m, same_qm, match)
+    before = key_m[:, None, :] < key_m[:, :, None]  # [q, m, m']: m' ranks ahead of m
+    rank0 = ahead_all - (before & removed[:, None, :]).sum(-1)  # among the kept entries
+    hits = (before & match[:, None, :]).sum(-1) + 1  # true matches up to and including m
     valid = num_match > 0
-    precision_at_match = np.where(match, hits / np.maximum(rank0 + 1.0, 1.0), 0.0)
-    ap = precision_at_match.sum(1) / np.maximum(num_match, 1)
-    last_rank0 = np.where(match, rank0, -1).max(1)
-    inp = num_match / np.maximum(last_rank0 + 1.0, 1.0)  # 0 for invalid queries (dropped)
-    first_rank0 = np.where(match, rank0, np.iinfo(np.int64).max).min(1)
-    return ap, inp, np.where(valid, first_rank0, -1), valid
+    ap = np.where(match, hits / np.maximum(rank0 + 1.0, 1.0), 0.0).sum(1) / np.maximum(num_match, 1)
+    last = np.where(match, rank0, -1).max(1, initial=-1)
+    inp = num_match / np.maximum(last + 1.0, 1.0)
+    first = np.where(match, rank0, np.iinfo(np.int64).max).min(1, initial=np.iinfo(np.int64).max)
+    return ap, inp, np.where(valid, first, -1), valid
+
+
+def rank_queries(dist_rows: Callable[[np.ndarray], Any], q_pids, g_pids, q_camids, g_camids,
+                 chunk_size: int = DEFAULT_CHUNK) -> dict[str, np.ndarray]:
+    """Per-query results [Q]: ap, inp, first_rank (0-based rank of the first true match, -1 if
+    none), valid. `dist_rows(query indices [c]) -> [c, G]` gives distance rows (numpy or an
+    asynchronously computed device array: the next block is requested before this one is
+    ranked). Queries are visited in order of their pid's gallery size so blocks pad little."""
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
+    num_q, num_g = len(q_pids), len(g_pids)
+    if (len(q_camids), len(g_camids)) != (num_q, num_g):
+        raise ValueError(f"got {num_q} query pids but {len(q_camids)} query camids, {num_g} "
+                         f"gallery pids but {len(g_camids)} gallery camids")
+    if num_g == 0:
+        raise ValueError("the gallery is empty: nothing to rank the queries against")
+    order, start, count = _same_pid_index(q_pids, g_pids)
+    visit = np.argsort(count, kind="stable")
+    blocks = [visit[s:s + chunk_size] for s in range(0, num_q, chunk_size)]
+    out = {"ap": np.zeros(num_q), "inp": np.zeros(num_q), "first_rank": np.full(num_q, -1),
+           "valid": np.zeros(num_q, bool)}
+    pending = dist_rows(blocks[0]) if blocks else None
+    for b, idx in enumerate(blocks):
+        current, pending = pending, (dist_rows(blocks[b + 1]) if b + 1 < len(blocks) else None)
+        dist = np.asarray(current, np.float32)
+        if dist.shape != (len(idx), num_g):
+            raise ValueError(f"distance rows of shape {dist.shape}, expected {(len(idx), num_g)}")
+        m = max(1, int(count[idx].max()))
+        pos = start[idx, None] + np.arange(m)
+        in_pid = np.arange(m) < count[idx, None]
+        same = order[np.minimum(pos, num_g - 1)] if num_g else np.zeros_like(pos)
+        same_cam = g_camids[same] == q_camids[idx, None]
+        ap, inp, first, valid = _rank_block(dist, same, in_pid, same_cam)
+        out["ap"][idx], out["inp"][idx], out["first_rank"][idx], out["valid"][idx] = (
+            ap, inp, first, valid)
+    return out
+
+
+def aggregate(per_query: dict[str, np.ndarray], max_rank: int) -> dict[str, Any]:
+    """Per-query results -> {"cmc" [max_rank], "mAP", "mINP", "num_valid_queries",
+    "num_queries"}, averaged over valid queries (a query whose gallery runs out before
+    max_rank keeps CMC 1 after its first hit)."""
+    valid = per_query["valid"]
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise ValueError(f"none of the {len(valid)} queries has a true match in the gallery "
+                         "(after removing same-pid same-camera entries): nothing to evaluate")
+    first = per_query["first_rank"][valid]
+    cmc = (first[:, None] <= np.arange(max_rank)[None, :]).mean(0)
+    return {"cmc": cmc, "mAP": float(per_query["ap"][valid].mean()),
+            "mINP": float(per_query["inp"][valid].mean()), "num_valid_queries": num_valid,
+            "num_queries": int(len(valid))}
 
 
 def evaluate_rank(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
-                  chunk_size: int = 512) -> dict[str, Any]:
+                  chunk_size: int = DEFAULT_CHUNK) -> dict[str, Any]:
     """CMC, mAP and mINP of a [Q, G] distance matrix under the Market-1501 protocol.
 
     Returns {"cmc": float array [max_rank], "mAP", "mINP", "num_valid_queries", "num_queries"}.
     Metrics are averaged over valid queries. When fewer than max_rank gallery entries remain for
-    a query, its CMC stays at its final value (1) up to max_rank. Memory is bounded by
-    `chunk_size` query rows at a time.
+    a query, its CMC stays at its final value (1) up to max_rank. Distances are compared as
+    float32 (ties: see the module docstring).
     """
     distmat = np.asarray(distmat)
-    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
-    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
-    num_q, num_g = distmat.shape
-    if (len(q_pids), len(q_camids), len(g_pids), len(g_camids)) != (num_q, num_q, num_g, num_g):
-        raise ValueError(f"distmat is {distmat.shape} but got {len(q_pids)} query pids, "
-                         f"{len(q_camids)} query camids, {len(g_pids)} gallery pids, "
-                         f"{len(g_camids)} gallery camids")
-    aps, inps, firsts, valids = [], [], [], []
-    for s in range(0, num_q, chunk_size):
-        e = min(s + chunk_size, num_q)
-        ap, inp, first, valid = _rank_chunk(distmat[s:e], q_pids[s:e], g_pids, q_camids[s:e],
-                                            g_camids)
-        aps.append(ap), inps.append(inp), firsts.append(first), valids.append(valid)
-    valid = np.concatenate(valids) if valids else np.zeros(0, bool)
-    num_valid = int(valid.sum())
-    if num_valid == 0:
-        raise ValueError(f"none of the {num_q} queries has a true match in the gallery "
-                         "(after removing same-pid same-camera entries): nothing to evaluate")
-    first = np.concatenate(firsts)[valid]
-    cmc = (first[:, None] <= np.arange(max_rank)[None, :]).mean(0)
-    return {"cmc": cmc, "mAP": float(np.concatenate(aps)[valid].mean()),
-            "mINP": float(np.concatenate(inps)[valid].mean()),
-            "num_valid_queries": num_valid, "num_queries": int(num_q)}
+    if distmat.ndim != 2 or distmat.shape != (len(q_pids), len(g_pids)):
+        raise ValueError(f"distmat is {distmat.shape} but got {len(q_pids)} query pids and "
+                         f"{len(g_pids)} gallery pids")
+    if not np.isfinite(distmat).all():
+        raise ValueError("distmat contains NaN or inf (e.g. at "
+                         f"{tuple(int(i) for i in np.argwhere(~np.isfinite(distmat))[0])})")
+    per_query = rank_queries(lambda idx: distmat[idx], q_pids, g_pids, q_camids, g_camids,
+                             chunk_size)
+    return aggregate(per_query, max_rank)
+
+
+def check_features(qf_qd, gf_gd) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [Q, D] and [G, D] with the same D and finite values, or a ValueError."""
+    qf, gf = np.asarray(qf_qd, np.float32), np.asarray(gf_gd, np.float32)
+    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
+        raise ValueError(f"query features {qf.shape} and gallery features {gf.shape}: expected "
+                         "[Q, D] and [G, D] with the same D")
+    for name, f in (("query", qf), ("gallery", gf)):
+        if not np.isfinite(f).all():
+            raise ValueError(f"{name} features contain NaN or inf (rows "
+                             f"{np.nonzero(~np.isfinite(f).all(1))[0][:10].tolist()}...)")
+    return qf, gf
+
+
+def evaluate_per_query(qf_qd, gf_gd, q_pids, g_pids, q_camids, g_camids,
+                       metric: str = "euclidean", rerank: Optional[dict] = None,
+                       chunk_size: int = DEFAULT_CHUNK) -> dict[str, np.ndarray]:
+    """Features -> per-query ap, inp, first_rank, valid (see `rank_queries`); with `rerank`
+    (k1, k2, lambda_value) on k-reciprocal re-ranked distances."""
+    qf, gf = check_features(qf_qd, gf_gd)
+    _check_metric(metric)
+    if rerank:
+        from personvit_jax.evaluation.rerank import ReRanker
+        dist_rows = ReRanker(qf, gf, metric=metric, **rerank_kwargs(rerank)).distance_rows
+    else:
+        dist_rows = feature_distance_rows(qf, gf, metric, chunk_size)
+    return rank_queries(dist_rows, q_pids, g_pids, q_camids, g_camids, chunk_size)
+
+
+def rerank_kwargs(rerank) -> dict:
+    """True or a mapping with any of k1, k2, lambda_value -> ReRanker keyword arguments."""
+    defaults = {"k1": 20, "k2": 6, "lambda_value": 0.3}
+    if rerank is True:
+        return defaults
+    unknown = set(rerank) - set(defaults)
+    if unknown:
+        raise ValueError(f"rerank={dict(rerank)!r}: unknown keys {sorted(unknown)}; expected "
+                         f"{sorted(defaults)}")
+    return {**defaults, **dict(rerank)}
 
 
 def evaluate(qf_qd, gf_gd, q_pids, g_pids, q_camids, g_camids, metric: str = "euclidean",
-             max_rank: int = 50, chunk_size: int = 512) -> dict[str, Any]:
-    """Features -> metrics, computing distances one chunk of queries at a time (bounded memory)."""
-    qf, gf = np.asarray(qf_qd, np.float32), np.asarray(gf_gd, np.float32)
-    dist = np.concatenate([pairwise_distances(qf[s:s + chunk_size], gf, metric)
-                           for s in range(0, len(qf), chunk_size)]) if len(qf) else np.zeros((0, len(gf)))
-    return evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids, max_rank, chunk_size)
+             rerank: Optional[dict] = None, max_rank: int = 50,
+             chunk_size: int = DEFAULT_CHUNK) -> dict[str, Any]:
+    """Features [Q, D], [G, D] -> metrics as `evaluate_rank`, one block of queries at a time
+    (the [Q, G] matrix is never held). `rerank`: None, True (k1 20, k2 6, lambda 0.3) or a dict
+    of k1 / k2 / lambda_value for k-reciprocal re-ranking."""
+    return aggregate(evaluate_per_query(qf_qd, gf_gd, q_pids, g_pids, q_camids, g_camids,
+                                        metric, rerank, chunk_size), max_rank)
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,112 @@
+r"""Evaluation speed and memory at Market-1501 and MSMT17 scale, one JSON line per figure.
+
+  python benchmarks/eval_bench.py                     # all cases below, each in a fresh process
+  python benchmarks/eval_bench.py --case=msmt17:rerank
+
+Cases: <scale>:<what>, scale market (3,368 x 15,913) | msmt17 (11,659 x 82,161); what = metrics
+(features -> distances -> CMC/mAP/mINP via `evaluation.evaluate`), rerank (the same with
+k-reciprocal re-ranking, k1 20, k2 6, lambda 0.3), classic (the textbook per-query loop: dense
+distance matrix, argsort of each row; Market only, the reference the others are checked against).
+
+The problem is random but shaped like the real one: 384-d L2-normalised features around one
+centre per identity, a per-camera shift, noise, distractors (pid 0) that belong to no identity,
+and the dataset's query / gallery / identity / camera counts. Each case runs in its own process so
+that `peak_rss_gb` (resource.getrusage ru_maxrss: the process's peak resident memory, including
+Python, JAX and the features) belongs to that case alone. `seconds` is wall clock including
+JIT compilation; `cpu_seconds` is the process's user + system CPU time (on a shared machine, wall
+time grows with other load, CPU time much less).
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+SCALES = {  # queries, gallery, identities, distractors, cameras
+    "market": (3368, 15913, 750, 2798, 6),
+    "msmt17": (11659, 82161, 3060, 0, 15),
+}
+CASES = ("market:classic", "market:metrics", "market:rerank", "msmt17:metrics", "msmt17:rerank")
+
+
+def make_problem(scale: str, dim: int = 384, seed: int = 0):
+    """(qf, gf, q_pids, g_pids, q_camids, g_camids) of a random problem at `scale`."""
+    nq, ng, num_ids, num_distractors, num_cams = SCALES[scale]
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_ids + 1, dim)).astype(np.float32)
+    cam_shift = 0.6 * rng.normal(size=(num_cams, dim)).astype(np.float32)
+    q_pids = rng.integers(1, num_ids + 1, nq)
+    g_pids = np.concatenate([rng.integers(1, num_ids + 1, ng - num_distractors),
+                             np.zeros(num_distractors, np.int64)])
+    q_cams, g_cams = rng.integers(0, num_cams, nq), rng.integers(0, num_cams, ng)
+
+    def feats(pids, cams):
+        f = centres[pids] + cam_shift[cams] + 1.6 * rng.normal(size=(len(pids), dim)).astype(
+            np.float32)
+        f[pids == 0] = 1.5 * rng.normal(size=((pids == 0).sum(), dim))  # distractors
+        return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+    return feats(q_pids, q_cams), feats(g_pids, g_cams), q_pids, g_pids, q_cams, g_cams
+
+
+def classic(qf, gf, q_pids, g_pids, q_camids, g_camids, max_rank=50):
+    """The textbook evaluation: full distance matrix, full argsort, one query at a time."""
+    dist = (np.sum(qf ** 2, 1)[:, None] + np.sum(gf ** 2, 1)[None] - 2 * qf @ gf.T)
+    order = np.argsort(dist, axis=1, kind="stable")
+    aps, inps, cmcs = [], [], []
+    for i in range(len(qf)):
+        o = order[i]
+        keep = ~((g_pids[o] == q_pids[i]) & (g_camids[o] == q_camids[i]))
+        hit = (g_pids[o] == q_pids[i])[keep]
+        if not hit.any():
+            continue
+        cum = np.cumsum(hit)
+        aps.append((cum[hit] / (np.nonzero(hit)[0] + 1)).mean())
+        inps.append(hit.sum() / (np.nonzero(hit)[0][-1] + 1))
+        c = np.minimum(np.cumsum(hit[:max_rank]), 1)
+        cmcs.append(np.pad(c, (0, max_rank - len(c)), constant_values=1))
+    return {"mAP": float(np.mean(aps)), "mINP": float(np.mean(inps)),
+            "rank1": float(np.mean(cmcs, 0)[0])}
+
+
+def run_case(case: str) -> dict:
+    from personvit_jax import evaluation
+
+    scale, what = case.split(":")
+    problem = make_problem(scale)
+    t, cpu = time.perf_counter(), time.process_time()
+    if what == "classic":
+        res = classic(*problem)
+    else:
+        r = evaluation.evaluate(*problem, rerank=True if what == "rerank" else None)
+        res = {"mAP": r["mAP"], "mINP": r["mINP"], "rank1": float(r["cmc"][0])}
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
+    nq, ng = SCALES[scale][:2]
+    return {"case": case, "queries": nq, "gallery": ng, "seconds": round(seconds, 2),
+            "cpu_seconds": round(cpu, 2),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
+            **{k: round(v, 6) for k, v in res.items()}}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--case", choices=CASES, help="one case in this process (default: all, each "
+                   "in a fresh process)")
+    args = p.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case)), flush=True)
+        return
+    for case in CASES:
+        subprocess.run([sys.executable, os.path.abspath(__file__), f"--case={case}"], check=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The extract tool: folder -> features with the checkpoint's test preprocessing, look-ups."""
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import REPO
+from personvit_jax.data import augment
+from personvit_jax.models.vit import vit_from_config
+from personvit_jax.training.checkpointing import Checkpointer
+from personvit_jax.tools import extract
+
+MODEL = {"name": "vit_tiny", "width": 64, "depth": 2, "num_heads": 2, "patch_size": 8,
+         "patch_stride": 8, "pos_grid": [8, 4], "drop_path_rate": 0.0, "sie": False,
+         "jpm": False, "jpm_groups": 4, "compute_dtype": "float32"}
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def backbone_ckpt(tmp_path_factory):
+    """A pretrain-like checkpoint folder: config.json (ImageNet mean/std, 64x32 crops) and a
+    random tiny ViT backbone under params/backbone."""
+    root = tmp_path_factory.mktemp("pt")
+    vit = vit_from_config(ml_collections.ConfigDict(MODEL))
+    params = vit.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 32, 3)))["params"]
+    (root / "config.json").write_text(json.dumps(
+        {"model": MODEL, "data": {"global_size": [64, 32], "mean": MEAN, "std": STD}}))
+    ckpt = Checkpointer(str(root / "checkpoints"))
+    ckpt.save(0, {"params": {"backbone": params}}, force=True)
+    ckpt.close()
+    return str(root), vit, params
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory, tiny_splits):
+    """Nested folders of synthetic person crops."""
+    root = tmp_path_factory.mktemp("imgs")
+    paths = tiny_splits["query"].paths[:5]
+    for i, p in enumerate(paths):
+        sub = root / ("a" if i < 2 else os.path.join("b", "c"))
+        sub.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, sub / os.path.basename(p))
+    return str(root)
+
+
+def _config(checkpoint):
+    sys.path.insert(0, os.path.join(REPO, "configs"))
+    c = importlib.import_module("evaluate").get_config()
+    c.checkpoint = checkpoint
+    c.eval.batch_size = 8
+    return c
+
+
+def test_folder_features_use_the_checkpoints_preprocessing(backbone_ckpt, image_folder,
+                                                           tmp_path):
+    ckpt, vit, params = backbone_ckpt
+    out = str(tmp_path / "f.npz")
+    feats, paths = extract.extract_folder(_config(ckpt), image_folder, out)
+    z = np.load(out)
+    names = [str(n) for n in z["names"]]
+    assert names == sorted(names) and names[0].startswith("a/") and names[-1].startswith("b/c/")
+    np.testing.assert_allclose(z["mean"], MEAN)
+    np.testing.assert_array_equal(z["image_size"], [64, 32])
+    # Direct computation: bilinear resize to 64x32, ImageNet normalisation, CLS, L2 norm.
+    cfg = ml_collections.ConfigDict({"image_size": (64, 32), "mean": MEAN, "std": STD})
+    x = np.stack([augment.reid_test_transform(augment.load_rgb(os.path.join(image_folder, n)),
+                                              cfg) for n in names])
+    ref = np.array(vit.apply({"params": params}, x)["cls"])
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(z["features"], ref, atol=1e-5)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        extract.extract_folder(_config(ckpt), image_folder, out)
+
+    # Look-up: an image of the gallery finds itself first.
+    draw = str(tmp_path / "q.png")
+    found = extract.look_up(_config(ckpt), paths[3], feats, paths, 3, draw)
+    assert found[0][0] == paths[3] and found[0][1] < 1e-5 and len(found) == 3
+    assert os.path.isfile(draw)
+
+
+def test_command_line_look_up_and_errors(backbone_ckpt, image_folder, tmp_path):
+    ckpt, _, _ = backbone_ckpt
+    out = tmp_path / "g.npz"
+    query = os.path.join(image_folder, "a", sorted(os.listdir(os.path.join(image_folder, "a")))[0])
+    cmd = [sys.executable, "-m", "personvit_jax.tools.extract", f"--checkpoint={ckpt}",
+           f"--images={image_folder}", f"--output={out}", f"--query={query}", "--top=2",
+           f"--draw={tmp_path / 'r.png'}", "--config.eval.flip=True", "--config.eval.batch_size=8"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [line for line in r.stdout.splitlines() if line.strip().startswith(("1 ", "2 "))]
+    assert len(lines) == 2 and lines[0].endswith(query)
+    assert bool(np.load(out)["flip"]) and (tmp_path / "r.png").is_file()
+    assert "images [" in r.stderr  # progress bar
+    with pytest.raises(ValueError, match="not a features file"):
+        extract.load_gallery(str(tmp_path / "r.png"))
+    with pytest.raises(FileNotFoundError, match="no .jpg/.png|does not exist"):
+        extract.folder_split(str(tmp_path / "nothing"))
