@@ -126,7 +126,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     state, step, preempted = loop.run(state, data_iter, train_step, mesh=mesh, ckpt=ckpt,
                                       logger=logger, total_steps=total_steps,
                                       log_every=config.log_every_steps,
-                                      eval_every=monitor_every, eval_fn=run_monitor, eval_prefix="monitor",
+                                      eval_every=monitor_every, eval_fn=run_monitor,
+                                      eval_prefix="monitor",
                                       nonfinite=config.nonfinite)
     if preempted:  # SIGTERM: checkpoint saved; rerunning the command resumes
         return loop.close_preempted(logger, ckpt, step)
