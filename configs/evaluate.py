@@ -21,7 +21,7 @@ import os
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from personvit_jax.config_args import parse_config_arg
+from personvit_jax.config_args import mesh_config, parse_config_arg
 
 
 def _finetune_config():
@@ -80,6 +80,5 @@ def get_config(arg=None):
     r.num_worst = 16  # rows of ranks/worst_queries.png (the queries with the lowest AP)
 
     # ---------------------------------------------------------------- devices
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # devices on the `data` axis; -1 = all
+    c.mesh = mesh_config()
     return c

@@ -16,7 +16,7 @@ Then fine-tune from the TEACHER backbone:
 
 import ml_collections
 
-from personvit_jax.config_args import parse_config_arg
+from personvit_jax.config_args import add_training_bookkeeping, mesh_config, parse_config_arg
 
 
 def get_config(arg=None):
@@ -124,18 +124,8 @@ def get_config(arg=None):
     e.batch_size = 128  # global eval batch
 
     # ---------------------------------------------------------------- devices, bookkeeping
-    # Batches are split over data x fsdp devices; student, teacher and optimizer state are
-    # replicated over `data` and split over `fsdp` (training/sharding.py). -1 = the rest.
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # devices on the `data` axis
-    c.mesh.fsdp = 1  # devices on the `fsdp` axis (1 = plain data parallelism)
-    c.mesh.fsdp_min_size = 2 ** 16  # arrays with fewer elements stay replicated
-    c.log_every_steps = 50  # metrics to TensorBoard / metrics.jsonl / progress line
-    c.checkpoint_every_steps = 1000  # Orbax save interval (a final save always happens)
-    c.keep_checkpoints = 3  # keep the last N checkpoints
-    # A NaN/Inf loss or gradient: 'stop' (error naming the step, loss terms and batch ids; the
-    # state is never updated with it and no checkpoint follows it) or 'skip' the step and go on.
-    c.nonfinite = "stop"
+    c.mesh = mesh_config()
+    add_training_bookkeeping(c)
 
     if args["synthetic"]:
         # CPU-sized: the synthetic train images (labels unused) at 128x64 / 64x32 crops, a

@@ -20,3 +20,26 @@ def parse_config_arg(arg: str | None, defaults: dict, source: str) -> dict:
             accepted = ", ".join(k if isinstance(v, bool) else f"{k}=..." for k, v in defaults.items())
             raise ValueError(f"{source}: unknown config argument {item!r}; accepted: {accepted}")
     return out
+
+
+def mesh_config():
+    """The `mesh` block every stage's config shares. Batches are split over data x fsdp devices;
+    parameters and optimizer state (student, teacher) are replicated over `data` and split over
+    `fsdp` (training/sharding.py). -1 = the devices the other axis leaves."""
+    import ml_collections
+
+    m = ml_collections.ConfigDict()
+    m.data = -1  # devices on the `data` axis
+    m.fsdp = 1  # devices on the `fsdp` axis (1 = plain data parallelism)
+    m.fsdp_min_size = 2 ** 16  # arrays with fewer elements stay replicated
+    return m
+
+
+def add_training_bookkeeping(c) -> None:
+    """Logging, checkpointing and failure-handling fields shared by the training stages."""
+    c.log_every_steps = 50  # metrics to TensorBoard / metrics.jsonl / progress line
+    c.checkpoint_every_steps = 1000  # Orbax save interval (a final save always happens)
+    c.keep_checkpoints = 3  # keep the last N checkpoints
+    # A NaN/Inf loss or gradient: 'stop' (error naming the step, loss terms and batch ids; the
+    # state is never updated with it and no checkpoint follows it) or 'skip' the step and go on.
+    c.nonfinite = "stop"
