@@ -21,7 +21,6 @@ Memory: one [chunk, G] distance block plus its candidates.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Optional
 
 import jax
@@ -41,22 +40,34 @@ def _check_metric(metric: str) -> None:
         raise ValueError(f"metric={metric!r}: expected 'euclidean' or 'cosine'")
 
 
-@functools.partial(jax.jit, static_argnames="metric")
-def distance_block(q_qd: jax.Array, g_gd: jax.Array, g_sq_g: jax.Array, metric: str) -> jax.Array:
-    """[q, G] float32 distances of a query block to a prepared gallery (see `prepare_gallery`):
-    squared Euclidean (the same ranking as Euclidean), or 1 - cosine."""
-    if metric == "cosine":
-        q = q_qd / jnp.maximum(jnp.linalg.norm(q_qd, axis=1, keepdims=True), 1e-12)
-        return 1.0 - jnp.matmul(q, g_gd.T, precision=jax.lax.Precision.HIGHEST)
-    dot = jnp.matmul(q_qd, g_gd.T, precision=jax.lax.Precision.HIGHEST)
-    return jnp.maximum(jnp.sum(q_qd ** 2, 1)[:, None] + g_sq_g[None, :] - 2.0 * dot, 0.0)
+@jax.jit
+def distance_block(q_qd: jax.Array, g_aug_ge: jax.Array, metric_code: jax.Array) -> jax.Array:
+    """[q, G] float32 distances of a query block to an augmented gallery (`prepare_gallery`).
+
+    The whole distance is one matmul of augmented rows (no elementwise pass over the [q, G]
+    result besides the clamp at 0, which on CPU makes the block ~25% faster than matmul +
+    epilogue): squared Euclidean |q|^2 + |g|^2 - 2 q.g = [q, |q|^2, 1] . [-2g, 1, |g|^2]
+    (the same ranking as Euclidean); cosine 1 - q.g = [-q/|q|, 1, 0] . [g/|g|, 1, 0].
+    metric_code: 0 = squared Euclidean, 1 = cosine (a traced scalar: one compilation)."""
+    cosine = metric_code == 1
+    q_unit = q_qd / jnp.maximum(jnp.linalg.norm(q_qd, axis=1, keepdims=True), 1e-12)
+    sq = jnp.sum(q_qd ** 2, 1, keepdims=True)
+    q_aug = jnp.where(cosine, jnp.concatenate([-q_unit, jnp.ones_like(sq), jnp.zeros_like(sq)], 1),
+                      jnp.concatenate([q_qd, sq, jnp.ones_like(sq)], 1))
+    dot = jnp.matmul(q_aug, g_aug_ge.T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.where(dot > 0.0, dot, 0.0)  # rounding below 0 -> +0.0 (never -0.0: see ties)
 
 
 def prepare_gallery(gf_gd, metric: str) -> tuple[jax.Array, jax.Array]:
-    """Gallery features on device (L2-normalised for cosine) and their squared norms [G]."""
+    """Augmented gallery rows on device [G, D + 2] (see `distance_block`) and the metric code."""
     _check_metric(metric)
-    g = jnp.asarray(l2_normalize(gf_gd) if metric == "cosine" else np.asarray(gf_gd, np.float32))
-    return g, jnp.sum(g ** 2, 1)
+    g = np.asarray(gf_gd, np.float32)
+    ones = np.ones((len(g), 1), np.float32)
+    if metric == "cosine":
+        aug = np.concatenate([l2_normalize(g), ones, np.zeros_like(ones)], 1)
+    else:
+        aug = np.concatenate([-2.0 * g, ones, np.sum(g ** 2, 1, keepdims=True)], 1)
+    return jnp.asarray(aug), jnp.asarray(int(metric == "cosine"))
 
 
 def pairwise_distances(qf_qd: np.ndarray, gf_gd: np.ndarray, metric: str = "euclidean",
@@ -68,21 +79,38 @@ def pairwise_distances(qf_qd: np.ndarray, gf_gd: np.ndarray, metric: str = "eucl
                                                                               np.float32)
 
 
+def padded_rows(x_nd: np.ndarray, idx: np.ndarray, size: int) -> jax.Array:
+    """x[idx] zero-padded to `size` rows: every block has one shape, so one compilation."""
+    out = np.zeros((size, x_nd.shape[1]), np.float32)
+    out[:len(idx)] = x_nd[idx]
+    return jnp.asarray(out)
+
+
+class PendingRows:
+    """Padded row blocks still being computed on device; `np.asarray(pending)` waits for them
+    and returns the [sum of lengths, ...] rows (unpadding on the host: slicing the device
+    arrays would compile one program per length)."""
+
+    def __init__(self, parts: list, lengths: list[int]):
+        self.parts, self.lengths = parts, lengths
+
+    def __array__(self, dtype=None, copy=None):
+        out = [np.asarray(p)[:n] for p, n in zip(self.parts, self.lengths)]
+        out = out[0] if len(out) == 1 else np.concatenate(out)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
 def feature_distance_rows(qf_qd, gf_gd, metric: str, chunk_size: int) -> Callable:
-    """query indices [c] -> [c, G] distances (a device array, computed asynchronously). The
-    queries go through `distance_block` in blocks padded to `chunk_size` rows, so one
-    compilation serves every block."""
-    g, g_sq = prepare_gallery(gf_gd, metric)
+    """query indices [c] -> [c, G] distances as `PendingRows` (dispatched asynchronously:
+    `np.asarray` waits). The queries go through `distance_block` in blocks padded to
+    `chunk_size` rows."""
+    g_aug, code = prepare_gallery(gf_gd, metric)
     qf = np.asarray(qf_qd, np.float32)
 
-    def block(idx: np.ndarray):
-        q = np.zeros((chunk_size, qf.shape[1]), np.float32)
-        q[:len(idx)] = qf[idx]
-        return distance_block(jnp.asarray(q), g, g_sq, metric)[:len(idx)]
-
-    def rows(idx: np.ndarray):
-        parts = [block(idx[s:s + chunk_size]) for s in range(0, len(idx), chunk_size)]
-        return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+    def rows(idx: np.ndarray) -> PendingRows:
+        blocks = [idx[s:s + chunk_size] for s in range(0, len(idx), chunk_size)]
+        return PendingRows([distance_block(padded_rows(qf, b, chunk_size), g_aug, code)
+                            for b in blocks], [len(b) for b in blocks])
     return rows
 
 
@@ -284,12 +312,20 @@ def evaluate_per_query(qf_qd, gf_gd, q_pids, g_pids, q_camids, g_camids,
     (k1, k2, lambda_value) on k-reciprocal re-ranked distances."""
     qf, gf = check_features(qf_qd, gf_gd)
     _check_metric(metric)
+    chunk_size = balanced_chunk(len(qf), chunk_size)
     if rerank:
         from personvit_jax.evaluation.rerank import ReRanker
         dist_rows = ReRanker(qf, gf, metric=metric, **rerank_kwargs(rerank)).distance_rows
     else:
         dist_rows = feature_distance_rows(qf, gf, metric, chunk_size)
     return rank_queries(dist_rows, q_pids, g_pids, q_camids, g_camids, chunk_size)
+
+
+def balanced_chunk(num_rows: int, chunk_size: int) -> int:
+    """The smallest block size that covers num_rows in as many blocks of <= chunk_size as
+    needed (3,368 queries: 14 blocks of 241, not 13 of 256 + one of 40 padded to 256)."""
+    blocks = max(1, -(-num_rows // chunk_size))
+    return max(1, -(-num_rows // blocks))
 
 
 def rerank_kwargs(rerank) -> dict:
