@@ -3,6 +3,7 @@
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from personvit_jax.data import augment, pipeline
 
@@ -94,14 +95,21 @@ def test_eval_iterator_order_and_padding(tiny_splits):
 
 def test_color_jitter():
     x = (np.random.default_rng(0).random((16, 8, 3)) * 255).astype(np.uint8)
-    rng = np.random.default_rng(1)
-    np.testing.assert_array_equal(augment.color_jitter(x, rng, 0, 0, 0, 0), x)
+    jitter = lambda seed, *f: np.asarray(augment.color_jitter(
+        Image.fromarray(x), np.random.default_rng(seed), *f))
+    np.testing.assert_array_equal(jitter(1, 0, 0, 0, 0), x)
     # brightness only: one factor in [0.5, 1.5] for every pixel (up to rounding and clipping)
-    y = augment.color_jitter(x, np.random.default_rng(2), 0.5, 0, 0, 0).astype(float)
+    y = jitter(2, 0.5, 0, 0, 0).astype(float)
     mask = (x > 20) & (y < 250)
     ratios = y[mask] / x[mask]
     assert 0.5 - 0.06 <= ratios.min() and ratios.max() <= 1.5 + 0.06
     assert ratios.max() - ratios.min() < 0.1
+    # contrast only: pixels move towards / away from the image's mean grey by one factor
+    grey = np.asarray(Image.fromarray(x).convert("L"), float).mean()
+    c = jitter(4, 0, 0.5, 0, 0).astype(float)
+    inner = (np.abs(x - grey) > 30) & (c > 5) & (c < 250)
+    f = (c[inner] - grey) / (x[inner] - grey)
+    assert 0.5 - 0.05 <= f.min() and f.max() <= 1.5 + 0.05 and f.max() - f.min() < 0.1
     # saturation 1 (factor in [0, 2]) and hue change colours but keep the shape and dtype
-    z = augment.color_jitter(x, np.random.default_rng(3), 0, 0, 1.0, 0.5)
+    z = jitter(3, 0, 0, 1.0, 0.5)
     assert z.shape == x.shape and z.dtype == np.uint8 and not np.array_equal(z, x)

@@ -11,12 +11,7 @@ import math
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
-
-
-def luma(x_hwc: np.ndarray) -> np.ndarray:
-    """ITU-R 601 luma [H, W, 1] (float32) of an RGB image, as PIL's "L" conversion."""
-    return (x_hwc.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 
 def load_rgb(path_or_file, name: str = "") -> Image.Image:
@@ -30,8 +25,10 @@ def load_rgb(path_or_file, name: str = "") -> Image.Image:
 
 
 def normalize(img_hwc_uint8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    x = img_hwc_uint8.astype(np.float32) * (1.0 / 255.0)
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    """uint8 [H, W, C] -> float32 (x / 255 - mean) / std, as one multiply-add per value."""
+    std = np.asarray(std, np.float32)
+    scale, offset = 1.0 / (255.0 * std), -np.asarray(mean, np.float32) / std
+    return np.asarray(img_hwc_uint8, np.float32) * scale + offset
 
 
 def random_erasing(img_hwc: np.ndarray, rng: np.random.Generator, prob: float,
@@ -54,32 +51,24 @@ def random_erasing(img_hwc: np.ndarray, rng: np.random.Generator, prob: float,
     return img_hwc
 
 
-def color_jitter(img_hwc_uint8: np.ndarray, rng: np.random.Generator, brightness: float,
-                 contrast: float, saturation: float, hue: float) -> np.ndarray:
-    """torchvision-style ColorJitter in numpy: factors drawn uniformly in [1 - x, 1 + x] (hue:
-    shift in [-hue, hue] of a turn), applied in random order. uint8 in, uint8 out."""
-    x = img_hwc_uint8.astype(np.float32)
-
-    def adjust(v, op):
-        if op == 0 and brightness:
-            return v * rng.uniform(1 - brightness, 1 + brightness)
-        if op == 1 and contrast:
-            f = rng.uniform(1 - contrast, 1 + contrast)
-            return luma(v).mean() * (1 - f) + v * f
-        if op == 2 and saturation:
-            f = rng.uniform(1 - saturation, 1 + saturation)
-            return luma(v) * (1 - f) + v * f
-        if op == 3 and hue:
-            hsv = np.asarray(Image.fromarray(np.clip(v, 0, 255).astype(np.uint8)).convert("HSV"))
-            hsv = hsv.copy()
-            hsv[..., 0] = (hsv[..., 0].astype(np.int32)
-                           + int(round(rng.uniform(-hue, hue) * 255))) % 256
-            return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"), np.float32)
-        return v
-
+def color_jitter(img: Image.Image, rng: np.random.Generator, brightness: float,
+                 contrast: float, saturation: float, hue: float) -> Image.Image:
+    """torchvision's ColorJitter on a PIL image, with the operations torchvision itself uses
+    on PIL images (ImageEnhance brightness / contrast / colour in uint8, hue as a shift of the
+    HSV hue byte): factors drawn uniformly in [1 - x, 1 + x] (hue: a shift in [-hue, hue] of a
+    turn), applied in random order."""
     for op in rng.permutation(4):
-        x = np.clip(adjust(x, op), 0, 255)
-    return x.astype(np.uint8)
+        if op == 0 and brightness:
+            img = ImageEnhance.Brightness(img).enhance(rng.uniform(1 - brightness, 1 + brightness))
+        elif op == 1 and contrast:
+            img = ImageEnhance.Contrast(img).enhance(rng.uniform(1 - contrast, 1 + contrast))
+        elif op == 2 and saturation:
+            img = ImageEnhance.Color(img).enhance(rng.uniform(1 - saturation, 1 + saturation))
+        elif op == 3 and hue:
+            hsv = np.array(img.convert("HSV"))
+            hsv[..., 0] += np.uint8(int(round(rng.uniform(-hue, hue) * 255)) % 256)  # wraps
+            img = Image.fromarray(hsv, "HSV").convert("RGB")
+    return img
 
 
 def reid_train_transform(img: Image.Image, rng: np.random.Generator, cfg) -> np.ndarray:
@@ -96,7 +85,8 @@ def reid_train_transform(img: Image.Image, rng: np.random.Generator, cfg) -> np.
         x = x[top:top + h, left:left + w]
     cj = cfg.get("color_jitter")
     if cj and cj.prob and rng.random() < cj.prob:
-        x = color_jitter(x, rng, cj.brightness, cj.contrast, cj.saturation, cj.hue)
+        x = np.asarray(color_jitter(Image.fromarray(np.ascontiguousarray(x)), rng,
+                                    cj.brightness, cj.contrast, cj.saturation, cj.hue))
     x = normalize(x, cfg.mean, cfg.std)
     return random_erasing(x, rng, cfg.erasing_prob)
 
@@ -140,12 +130,10 @@ def multicrop_view(img: Image.Image, rng: np.random.Generator, out_hw: Sequence[
     if rng.random() < 0.5:
         view = view.transpose(Image.FLIP_LEFT_RIGHT)
     cj = cfg.color_jitter
-    x = np.asarray(view)
     if rng.random() < cj.prob:
-        x = color_jitter(x, rng, cj.brightness, cj.contrast, cj.saturation, cj.hue)
+        view = color_jitter(view, rng, cj.brightness, cj.contrast, cj.saturation, cj.hue)
     if rng.random() < cfg.grayscale_prob:
-        x = np.repeat(luma(x), 3, -1).astype(np.uint8)
-    view = Image.fromarray(x)
+        view = view.convert("L").convert("RGB")  # ITU-R 601 luma in all three channels
     if rng.random() < blur_prob:
         view = view.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.1, 2.0)))
     if rng.random() < solarize_prob:
