@@ -9,6 +9,8 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Golden converter fixtures, written by tests/fixtures/make_weights_fixtures.py.
+WEIGHT_FIXTURES = os.path.join(REPO, "tests", "fixtures", "weights")
 sys.path.insert(0, REPO)
 
 import pytest  # noqa: E402
@@ -26,6 +28,15 @@ def apply_overrides(config, overrides: dict):
             node = node[p]
         node[leaf] = value
     return config
+
+
+def torch_only_for_pth(weight_file: str, monkeypatch) -> None:
+    """Converter tests: a `.pth` needs PyTorch to be read (skip without it); any other weight
+    file must be handled without it, so `import torch` is made to fail for the test."""
+    if weight_file.endswith(".pth"):
+        pytest.importorskip("torch", reason="reading .pth needs requirements-convert.txt")
+    else:
+        monkeypatch.setitem(sys.modules, "torch", None)
 
 
 def assert_trees(a, b, **tol):

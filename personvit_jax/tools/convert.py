@@ -114,13 +114,16 @@ def split_prefix(sd: dict, prefix: str) -> tuple[dict, dict]:
 
 # ---------------------------------------------------------------------------- model size
 def infer_vit(vit_sd: dict, image_size, source: str, patch_stride: int = 0,
-              num_heads: int = 0, args: Optional[dict] = None) -> dict:
+              num_heads: int = 0, args: Optional[dict] = None, overlapping: bool = True) -> dict:
     """ViT hyper-parameters from the shapes of a timm-named state dict:
     {width, depth, num_heads, patch_size, patch_stride, stored_grid, num_cameras}.
 
-    The stride is the one for which `image_size` gives the stored position-embedding grid
-    (e.g. 21x10 tokens at 256x128 -> stride 12); a grid that no stride explains (a checkpoint
-    trained at another resolution) is inferred from its token count and resized later."""
+    The stride is the one for which `image_size` gives the stored position-embedding grid:
+    the patch size first, then, if `overlapping` (TransReID's fine-tuned models; pretrained
+    iBOT/DINO/timm ViTs never overlap), smaller strides (e.g. 21x10 tokens at 256x128 -> stride
+    12). A grid that no stride explains (a checkpoint trained at another resolution) is
+    inferred from its token count and resized later. Without the `overlapping` restriction a
+    6x6 grid stored at 48x48 would pass for stride 7 at 64x32 (9x4 = 36 tokens too)."""
     need = ("cls_token", "pos_embed", "patch_embed.proj.weight")
     lacking = [k for k in need if k not in vit_sd]
     if lacking:
@@ -145,7 +148,10 @@ def infer_vit(vit_sd: dict, image_size, source: str, patch_stride: int = 0,
         raise ValueError(f"{source}: width {width} is not divisible by num_heads={num_heads}")
 
     n = vit_sd["pos_embed"].shape[1] - 1
-    strides = [patch_stride] if patch_stride else range(patch, 0, -1)  # non-overlapping first
+    if patch_stride:
+        strides = [patch_stride]
+    else:  # non-overlapping first
+        strides = range(patch, 0, -1) if overlapping else [patch]
     for s in strides:
         g = grid_size(image_size, patch, s)
         if g[0] * g[1] == n:
@@ -153,7 +159,11 @@ def infer_vit(vit_sd: dict, image_size, source: str, patch_stride: int = 0,
             break
     else:  # trained at another resolution (e.g. 224x224): the grid from its token count alone
         stride = patch_stride or patch
-        grid = checkpointing.stored_grid(n)
+        try:
+            grid = checkpointing.stored_grid(n)
+        except ValueError as e:
+            raise ValueError(f"{source}: pos_embed {tuple(vit_sd['pos_embed'].shape)} fits no "
+                             f"stride at --image_size={tuple(image_size)} and {e}") from e
     cams = vit_sd["sie_embed"].shape[0] if "sie_embed" in vit_sd else 0
     return dict(width=width, depth=depth, num_heads=num_heads, patch_size=patch,
                 patch_stride=stride, stored_grid=tuple(grid), num_cameras=cams)
@@ -344,10 +354,10 @@ def target_tree(config, kind: str, num_classes: int = 0, num_cameras: int = 0) -
 
 
 def fit_to_target(flat: Flat, target: Flat, stored_grid, pos_grid, source: str,
-                  log: Callable) -> Flat:
+                  log: Callable, origin: Optional[dict] = None) -> Flat:
     """Checks the converted arrays against the model's own tree: resizes the position
     embedding from `stored_grid` to `pos_grid`, fills FILLABLE leaves, and names anything else
-    that differs."""
+    that differs (with its PyTorch name and shape from `origin`: Flax path -> (name, shape))."""
     missing = sorted(set(target) - set(flat))
     unexpected = sorted(set(flat) - set(target))
     bad = [p for p in missing if p[-1] not in FILLABLE]
@@ -368,8 +378,11 @@ def fit_to_target(flat: Flat, target: Flat, stored_grid, pos_grid, source: str,
             log(f"  resized {'/'.join(path)} {old} (grid {tuple(stored_grid)}) -> {v.shape} "
                 f"(grid {tuple(pos_grid)}), bilinear")
         if v.shape != t.shape:
-            raise ValueError(f"{source}: {'/'.join(path)} has shape {v.shape} after conversion, "
-                             f"the model expects {tuple(t.shape)}")
+            name, shape = (origin or {}).get("/".join(path), ("", ()))
+            src = f"{name} {tuple(shape)} -> " if name else ""
+            raise ValueError(f"{source}: {src}{'/'.join(path)} has shape {v.shape} after "
+                             f"conversion, the model expects {tuple(t.shape)} (the other arrays "
+                             "give this model size; is the file damaged or mixed?)")
         out[path] = np.asarray(v, np.float32)
     return out
 
@@ -449,7 +462,8 @@ def convert(input_path: str, output_dir: str, *, fmt: str = "auto", which: str =
 
     prefix = {"timm": ""}.get(fmt, "base." if fmt in REID_FORMATS else "backbone.")
     vit_sd, rest = split_prefix(sd, prefix)
-    vit = infer_vit(vit_sd, image_size, source, patch_stride, num_heads, args)
+    vit = infer_vit(vit_sd, image_size, source, patch_stride, num_heads, args,
+                    overlapping=fmt in REID_FORMATS)
     check_flags(vit, {"width": width, "depth": depth, "num_heads": num_heads,
                       "patch_size": patch_size, "patch_stride": patch_stride}, source)
     name = _model_name(vit["width"], model)
@@ -494,7 +508,8 @@ def convert(input_path: str, output_dir: str, *, fmt: str = "auto", which: str =
         mean, std = (REID_MEAN, REID_STD) if fmt in REID_FORMATS else (IMAGENET_MEAN, IMAGENET_STD)
     config = make_config(vit, image_size, mean, std, name, dataset, groups, head_cfg)
     target = target_tree(config, kind, num_classes, vit["num_cameras"])
-    flat = fit_to_target(flat, target, vit["stored_grid"], config.model.pos_grid, source, log)
+    flat = fit_to_target(flat, target, vit["stored_grid"], config.model.pos_grid, source, log,
+                         {dst: (src, shape) for src, dst, shape in mapped})
     for src, dst, shape in mapped:
         log(f"  mapped {src} {tuple(shape)} -> {dst}")
     used = {src for src, _, _ in mapped}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
             return {k: f[k] for k in f.files}
     except ValueError as e:
         raise ValueError(f"{path}: .npz holds pickled objects, which are refused ({e})") from e
-    except (OSError, EOFError, KeyError) as e:
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as e:  # e.g. a truncated file
         raise ValueError(f"{path}: not a readable .npz file ({e})") from e
 
 
