@@ -199,7 +199,7 @@ def test_heads_logits(fixture, key, shared, learned_norm, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- the fixtures
 def test_fixtures_are_what_the_script_writes():
-    """Rerunning the (seeded) script reproduces every committed file byte for byte."""
+    """Rerunning the (seeded) script reproduces the content of every committed file."""
     pytest.importorskip("torch", reason="the fixture script needs requirements-convert.txt")
     path = os.path.join(WEIGHT_FIXTURES, os.pardir, "make_weights_fixtures.py")
     spec = importlib.util.spec_from_file_location("make_weights_fixtures", path)
