@@ -29,7 +29,6 @@ embedding and image size); flags that disagree with the shapes are errors.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import shutil
@@ -42,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from personvit_jax.config_args import load_config_module
 from personvit_jax.data import layouts
 from personvit_jax.models.vit import VIT_SIZES, grid_size
 from personvit_jax.tools.weights_io import read_weights
@@ -385,16 +385,6 @@ def unflatten(flat: Flat) -> dict:
 
 
 # ---------------------------------------------------------------------------- config
-def load_config_module(name: str):
-    """configs/<name>.py of this repository (configs/ is not a package)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"personvit_configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def make_config(vit: dict, image_size, mean, std, name: str, dataset: Optional[str],
                 jpm_groups: int = 0, head: Optional[dict] = None) -> ml_collections.ConfigDict:
     """configs/finetune.py's config describing the converted weights (+ a `head` block, as in
