@@ -1,6 +1,31 @@
-"""Parsing of the `get_config(arg)` string of configs/*.py: 'key=value,key=value,flag'."""
+"""The configs/*.py files: loading them from Python, parsing their `get_config(arg)` string
+('key=value,key=value,flag'), and the blocks every stage's config shares."""
 
 from __future__ import annotations
+
+import importlib.util
+import os
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load_config_module(name: str):
+    """configs/<name>.py of this repository as a module (configs/ is not a package)."""
+    path = os.path.join(CONFIGS_DIR, f"{name}.py")
+    if not os.path.isfile(path):
+        known = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith(".py"))
+        raise FileNotFoundError(f"{path} does not exist: expected a config name in {known}")
+    spec = importlib.util.spec_from_file_location(f"personvit_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_config(name: str, arg: str | None = None):
+    """The config `--config=configs/<name>.py:<arg>` starts from, e.g.
+    `load_config("finetune", "synthetic")`; change fields as `--config.x.y=` would, then pass it
+    to the stage (`personvit_jax.stages.<stage>`)."""
+    return load_config_module(name).get_config(arg)
 
 
 def parse_config_arg(arg: str | None, defaults: dict, source: str) -> dict:

@@ -1,4 +1,5 @@
-"""Rank-list pictures: a query followed by its top-k gallery images, framed by outcome.
+"""Rank-list pictures: a query followed by its top-k gallery images, framed by outcome; and
+attention maps drawn over the images (`attention_image`).
 
 Frames: blue = the query, green = true match (same pid, other camera), red = wrong identity (incl.
 distractors), grey = junk (same pid AND camera: shown where it ranks, ignored by the metrics),
@@ -112,3 +113,35 @@ def write_rank_lists(out_dir: str, query, gallery, dist_fn, per_query: dict,
         save_png(stack_rows([rows[int(qi)] for qi in worst]), path)
         written.append(path)
     return written
+
+
+def heat_overlay(image: Image.Image, map_hw: np.ndarray, alpha: float = 0.6) -> Image.Image:
+    """`image` with a [h, w] map (e.g. attention on the patch grid) blended over it: the map is
+    scaled to [0, 1], resized bilinearly to the image and coloured black -> red -> yellow ->
+    white ('hot'), so the brightest regions are where the map is highest."""
+    m = np.asarray(map_hw, np.float32)
+    m = (m - m.min()) / max(float(m.max() - m.min()), 1e-12)
+    m = np.asarray(Image.fromarray(m).resize(image.size, Image.BILINEAR), np.float32)[..., None]
+    heat = np.clip(3.0 * m - np.array([0.0, 1.0, 2.0], np.float32), 0.0, 1.0) * 255.0
+    out = (1.0 - alpha) * np.asarray(image.convert("RGB"), np.float32) + alpha * heat
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+def attention_image(images: Sequence[Image.Image], maps_bkhw: np.ndarray, alpha: float = 0.6,
+                    size_hw: tuple[int, int] = (256, 128)) -> Image.Image:
+    """One row per image: the image, then one `heat_overlay` per map (e.g. per attention head,
+    maps [B, heads, gh, gw] from evaluation.attention), captioned, each `size_hw`."""
+    if len(images) != len(maps_bkhw):
+        raise ValueError(f"{len(images)} images but maps for {len(maps_bkhw)}")
+    h, w = size_hw
+    rows = []
+    for image, maps in zip(images, maps_bkhw):
+        image = image.convert("RGB").resize((w, h), Image.BILINEAR)
+        tiles = [image] + [heat_overlay(image, m, alpha) for m in maps]
+        row = Image.new("RGB", (len(tiles) * (w + BORDER), h + CAPTION), (255, 255, 255))
+        for i, (tile, caption) in enumerate(zip(tiles, ["image"] + [f"head {k}" for k in
+                                                                   range(len(maps))])):
+            row.paste(tile, (i * (w + BORDER), CAPTION))
+            ImageDraw.Draw(row).text((i * (w + BORDER) + 2, 1), caption, fill=(0, 0, 0))
+        rows.append(row)
+    return stack_rows(rows)

@@ -29,7 +29,6 @@ embedding and image size); flags that disagree with the shapes are errors.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import shutil
@@ -42,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from personvit_jax.config_args import load_config_module
 from personvit_jax.data import layouts
 from personvit_jax.models.vit import VIT_SIZES, grid_size
 from personvit_jax.tools.weights_io import read_weights
@@ -398,16 +398,6 @@ def unflatten(flat: Flat) -> dict:
 
 
 # ---------------------------------------------------------------------------- config
-def load_config_module(name: str):
-    """configs/<name>.py of this repository (configs/ is not a package)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"personvit_configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def make_config(vit: dict, image_size, mean, std, name: str, dataset: Optional[str],
                 jpm_groups: int = 0, head: Optional[dict] = None) -> ml_collections.ConfigDict:
     """configs/finetune.py's config describing the converted weights (+ a `head` block, as in
@@ -540,6 +530,39 @@ def write_checkpoint(output_dir: str, tree: dict, config) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------------------- example weights
+def random_personvit_state_dict(*, width: int = 384, depth: int = 12, patch_size: int = 16,
+                                image_size=(256, 128), num_classes: int = 751,
+                                seed: int = 0) -> dict[str, np.ndarray]:
+    """A randomly initialised fine-tuned PersonViT ReID model as the PyTorch state dict the
+    released `.pth` files hold (float32 numpy arrays, the original key names and layouts), to
+    try the conversion path without a download; save it with `safetensors.numpy.save_file` or
+    `np.savez`. Initialised like the originals: weights N(0, 0.02) (classifier 0.001), norms
+    1 / 0, BNNeck running mean 0 / var 1. Features of a random model rank nothing meaningfully."""
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape, std=0.02: (rng.standard_normal(shape) * std).astype(np.float32)
+    ones, zeros = (lambda *s: np.ones(s, np.float32)), (lambda *s: np.zeros(s, np.float32))
+    gh, gw = grid_size(image_size, patch_size, patch_size)
+    sd = {"base.cls_token": normal(1, 1, width), "base.pos_embed": normal(1, 1 + gh * gw, width),
+          "base.patch_embed.proj.weight": normal(width, 3, patch_size, patch_size),
+          "base.patch_embed.proj.bias": zeros(width)}
+    linears = {"attn.qkv": (3 * width, width), "attn.proj": (width, width),
+               "mlp.fc1": (4 * width, width), "mlp.fc2": (width, 4 * width)}
+    for i in range(depth):
+        p = f"base.blocks.{i}."
+        for norm in ("norm1", "norm2"):
+            sd[f"{p}{norm}.weight"], sd[f"{p}{norm}.bias"] = ones(width), zeros(width)
+        for name, (out_dim, in_dim) in linears.items():
+            sd[f"{p}{name}.weight"], sd[f"{p}{name}.bias"] = normal(out_dim, in_dim), zeros(out_dim)
+    sd["base.norm.weight"], sd["base.norm.bias"] = ones(width), zeros(width)
+    sd["base.fc.weight"], sd["base.fc.bias"] = normal(1000, width), zeros(1000)  # unused in ReID
+    sd.update({"bottleneck.weight": ones(width), "bottleneck.bias": zeros(width),
+               "bottleneck.running_mean": zeros(width), "bottleneck.running_var": ones(width),
+               "bottleneck.num_batches_tracked": np.asarray(0, np.int64),
+               "classifier.weight": normal(num_classes, width, std=0.001)})
+    return sd
 
 
 # ---------------------------------------------------------------------------- command line

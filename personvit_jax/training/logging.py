@@ -1,12 +1,13 @@
 """Metrics: TensorBoard event files (tensorboardX, no TensorFlow needed), DIR/metrics.jsonl and a
-progress line (step, loss, img/s, ETA). Only process 0 writes."""
+progress line (step, loss, img/s, ETA). Only process 0 writes. `read_metrics` reads metrics.jsonl
+back as per-split columns and `plot_metrics` draws them (notebooks)."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -67,6 +68,64 @@ class MetricLogger:
             self._jsonl.close()
 
 
+def read_metrics(path: str) -> dict[str, dict[str, np.ndarray]]:
+    """metrics.jsonl of a run (`path`: the workdir or the file) as columns per split:
+    {split ('train', 'eval', 'monitor'): {'step': [S] int, key: [S] float, ...}}, sorted by step.
+
+    A resumed run logs again the steps after its last checkpoint (and a final evaluation can
+    repeat the last periodic one): the LAST row of a (split, step) wins, i.e. the run that went
+    on. A key missing from some rows of a split is NaN there. An unterminated last line (the
+    process was killed while writing it) is ignored; any other unreadable line is an error
+    naming the file and line.
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist (a run's workdir holds metrics.jsonl "
+                                "once it has logged its first steps)")
+    with open(path) as f:
+        lines = f.read().split("\n")
+    rows: dict[str, dict[int, dict]] = {}
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip() or (line_no == len(lines) and line):  # empty, or cut short
+            continue
+        try:
+            row = json.loads(line)
+            split, step = row.pop("split"), int(row.pop("step"))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{line_no}: not a metrics row with 'step' and 'split' "
+                             f"({e}): {line[:120]!r}") from None
+        rows.setdefault(split, {})[step] = row
+    out = {}
+    for split, by_step in rows.items():
+        steps = sorted(by_step)
+        keys = sorted({k for r in by_step.values() for k, v in r.items()
+                       if isinstance(v, (int, float))})
+        cols = {"step": np.asarray(steps, np.int64)}
+        for k in keys:
+            cols[k] = np.asarray([by_step[s].get(k, np.nan) for s in steps], np.float64)
+        out[split] = cols
+    return out
+
+
+def plot_metrics(ax, path: str, split: str, keys: Sequence[str], title: str = "",
+                 **style) -> None:
+    """Draws the columns `keys` of a run's `split` (see `read_metrics`; `path`: workdir or
+    metrics.jsonl) against the step on a matplotlib Axes, with a legend. A split or key the run
+    never logged is an error naming the file and what it holds."""
+    metrics = read_metrics(path)
+    if split not in metrics:
+        raise KeyError(f"{path}: no {split!r} rows in metrics.jsonl (splits: {sorted(metrics)})")
+    cols = metrics[split]
+    missing = [k for k in keys if k not in cols]
+    if missing:
+        raise KeyError(f"{path}: {split!r} rows have no {missing} (columns: {sorted(cols)})")
+    for k in keys:
+        ax.plot(cols["step"], cols[k], label=k, **style)
+    ax.set(xlabel="step", title=title)
+    ax.legend()
+
+
 class _DropLibraryInfo:
     """absl-handler filter: hides INFO chatter of Orbax/Grain (every save logs ~30 lines)."""
 
@@ -78,7 +137,13 @@ class _DropLibraryInfo:
         return not any(f"/{p}/" in record.pathname for p in self.prefixes)
 
 
+_LIBRARY_INFO_FILTER = _DropLibraryInfo()
+
+
 def quiet_library_logs() -> None:
+    """Hides the libraries' INFO chatter, whichever handler prints absl's records: absl's own
+    (command line, after app.run) or Python's root handlers (e.g. in a notebook)."""
     from absl import logging as absl_logging
 
-    absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())
+    absl_logging.get_absl_handler().addFilter(_LIBRARY_INFO_FILTER)
+    absl_logging.get_absl_logger().addFilter(_LIBRARY_INFO_FILTER)

@@ -1,0 +1,61 @@
+"""Where the CLS token looks: the last block's attention of the CLS token over the patch grid,
+per head (the picture DINO / iBOT / PersonViT show to say that heads find body parts).
+
+The ViT `sow`s every block's softmax weights [B, heads, 1 + N, 1 + N] into the 'intermediates'
+collection (models/vit.py, `Attention`); they are only kept when that collection is mutable, so
+training and feature extraction never pay for them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from personvit_jax.models.vit import ViT, grid_size, vit_from_config
+
+
+def cls_attention(vit: ViT, variables: dict, images_bhwc: jax.Array,
+                  camids_b: Optional[jax.Array] = None) -> jax.Array:
+    """[B, heads, gh, gw]: the last block's attention weights of the CLS token (query row 0)
+    over the patch tokens, laid out on the patch grid (row-major, as the tokens). Each head's
+    map sums to 1 minus the CLS token's attention to itself."""
+    _, state = vit.apply(variables, images_bhwc, camera_ids_b=camids_b, train=False,
+                         mutable=["intermediates"])
+    weights_bhnn = state["intermediates"][f"blocks_{vit.depth - 1}"]["attn"]["attention"][-1]
+    gh, gw = grid_size(images_bhwc.shape[1:3], vit.patch_size, vit.patch_stride)
+    b, heads = weights_bhnn.shape[:2]
+    return weights_bhnn[:, :, 0, 1:].astype(jnp.float32).reshape(b, heads, gh, gw)
+
+
+def checkpoint_cls_attention(checkpoint: str, images: Sequence, camids: Optional[Sequence] = None,
+                             model_cfg=None, data_cfg=None) -> np.ndarray:
+    """CLS attention maps [B, heads, gh, gw] of a checkpoint's ViT for PIL images.
+
+    `checkpoint`: a fine-tune run (its backbone), a pretrain run (its TEACHER backbone), or a
+    converted folder, as the evaluate stage accepts. Architecture and test preprocessing (resize
+    to the image size, mean/std) come from its saved config.json; `model_cfg` / `data_cfg`
+    fields that are set override them (see evaluation.features.resolve_model_config). A model
+    with SIE needs the images' camera ids (`camids`, 0-based).
+    """
+    from personvit_jax.data.augment import reid_test_transform
+    from personvit_jax.evaluation.features import resolve_model_config, resolve_preprocessing
+    from personvit_jax.training.checkpointing import inference_variables
+
+    model = ml_collections.ConfigDict(resolve_model_config(checkpoint, model_cfg).to_dict())
+    model.remat = False  # inference: nothing to recompute
+    prep = resolve_preprocessing(checkpoint, data_cfg)
+    kind, variables = inference_variables(checkpoint)
+    params = variables["params"]["backbone"] if kind == "reid" else variables["params"]
+    num_cameras = params["sie_embed"].shape[0] if "sie_embed" in params else 0
+    if num_cameras and camids is None:
+        raise ValueError(f"{checkpoint}: the model has SIE camera embeddings ({num_cameras} "
+                         "cameras): pass the images' camera ids as camids=")
+    vit = vit_from_config(model, num_cameras=num_cameras)
+    images_bhwc = np.stack([reid_test_transform(im, prep) for im in images])
+    cams = jnp.asarray(camids, jnp.int32) if num_cameras else None
+    fn = jax.jit(lambda p, x, c: cls_attention(vit, {"params": p}, x, c))
+    return np.asarray(fn(params, jnp.asarray(images_bhwc), cams))
