@@ -34,8 +34,9 @@
 # 3. fine-tunes on it (`configs/finetune.py`, CPU-sized);
 # 4. evaluates with the evaluate stage (`configs/evaluate.py`) on both builds, with rank lists.
 #
-# **Runtime**: about 10 minutes on a Colab CPU runtime. On a GPU runtime (Runtime > Change
-# runtime type) the setup cell installs the CUDA wheels; then fine-tune the full recipe instead:
+# **Runtime**: about 10 minutes on a CPU runtime (7.4 min on a 2-core CPU). On a GPU runtime
+# (Runtime > Change runtime type) the setup cell installs the CUDA wheels; then fine-tune the
+# full recipe instead:
 # `load_config("finetune", "dataset=reid_folder,model=vit_small")` (256x128 ViT-S/16, 120
 # epochs) from the released LUPerson-pretrained backbone converted with `tools/convert.py`
 # (notebook `pretrained_weights`) as `init_from`. The same steps from a shell:

@@ -28,10 +28,10 @@
 #    over a person, per head.
 #
 # Every step calls the package (configs + `personvit_jax.stages.*`); the notebook holds no
-# training code. **Runtime**: about 15 minutes on a Colab CPU runtime with the defaults below.
-# On a **GPU runtime** (Runtime > Change runtime type) the setup cell installs the CUDA wheels;
-# then raise `PRETRAIN_EPOCHS` to 10 and `FINETUNE_EPOCHS` to 30, the synthetic configs' own
-# schedules. The same steps from a shell:
+# training code. **Runtime**: about 10 minutes on a CPU runtime with the defaults below (9 min
+# on a 2-core CPU), after the installation. On a **GPU runtime** (Runtime > Change runtime
+# type) the setup cell installs the CUDA wheels; then raise `PRETRAIN_EPOCHS` to 10 and
+# `FINETUNE_EPOCHS` to 30, the synthetic configs' own schedules. The same steps from a shell:
 #
 # ```bash
 # python -m personvit_jax.main --config=configs/pretrain.py:synthetic --workdir=runs/pt_synthetic
