@@ -26,7 +26,7 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from personvit_jax.data import layouts, pipeline  # noqa: E402
+from personvit_jax.data import pipeline  # noqa: E402
 from personvit_jax.models.vit import grid_size  # noqa: E402
 from train_step import load_config  # noqa: E402
 
@@ -78,7 +78,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or tmp
-        split = layouts.load_splits("synthetic", data_dir, SYNTHETIC)["train"]
+        split = pipeline.load_splits("synthetic", data_dir, SYNTHETIC)["train"]
         stages = ["finetune", "pretrain"] if args.pipeline == "both" else [args.pipeline]
         for stage in stages:
             config = load_config(stage, "")

@@ -1,0 +1,33 @@
+"""The benchmark scripts run end to end (smallest settings) and print the JSON lines the README
+documents. Their figures are speed, not checked here; this catches a script that no longer runs
+against the package (a renamed function, a changed config)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def _run(script: str, *args: str) -> list[dict]:
+    env = {**os.environ, "XLA_FLAGS": ""}  # one CPU device, as a user runs them
+    out = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", script), *args],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert out.returncode == 0, f"benchmarks/{script} failed:\n{out.stderr[-3000:]}"
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_input_pipeline_bench(tmp_path):
+    rows = _run("input_pipeline.py", "--pipeline=both", "--workers=0", "--batches=1",
+                "--batch=8", f"--data_dir={tmp_path}")
+    assert [(r["pipeline"], r["num_workers"], r["batch"]) for r in rows] == [
+        ("finetune", 0, 8), ("pretrain", 0, 8)]
+    assert all(r["img_per_s"] > 0 for r in rows)
+
+
+def test_train_step_bench_tiny():
+    (row,) = _run("train_step.py", "--stage=finetune", "--model=vit_tiny", "--batch=8",
+                  "--steps=1")
+    assert row["stage"] == "finetune" and row["batch"] == 8 and row["img_per_s"] > 0
+    assert row["flops_per_step"] > 0 and 0 < row["fraction_of_matmul_peak"]
