@@ -34,7 +34,7 @@
 # 3. fine-tunes on it (`configs/finetune.py`, CPU-sized);
 # 4. evaluates with the evaluate stage (`configs/evaluate.py`) on both builds, with rank lists.
 #
-# **Runtime**: about 10 minutes on a CPU runtime (7.4 min on a 2-core CPU). On a GPU runtime
+# **Runtime**: about 5-10 minutes on a CPU runtime (5.2 min on a 2-core CPU). On a GPU runtime
 # (Runtime > Change runtime type) the setup cell installs the CUDA wheels; then fine-tune the
 # full recipe instead:
 # `load_config("finetune", "dataset=reid_folder,model=vit_small")` (256x128 ViT-S/16, 120

@@ -30,7 +30,7 @@
 # 5. exports the feature extractor with `jax.export` (`tools/export.py`) and calls the
 #    exported function the way a program without this package would.
 #
-# **Runtime**: a few minutes on a CPU runtime (2.6 min on a 2-core CPU; the stand-in is a
+# **Runtime**: a few minutes on a CPU runtime (1.2 min on a 2-core CPU; the stand-in is a
 # ViT-S/16 at 256x128, the size of the released small models). A GPU runtime (Runtime > Change
 # runtime type) needs no change: the setup cell installs the CUDA wheels. The same steps from a
 # shell:
