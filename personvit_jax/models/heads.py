@@ -119,14 +119,17 @@ class IBOTHead(nn.Module):
                              f"{self.patch_out_dim} != {self.out_dim}")
         dense = lambda n, name: nn.Dense(n, kernel_init=nn.initializers.truncated_normal(0.02),
                                          name=name)
-        x = tokens_btd.astype(jnp.float32)
+        b, t, _ = tokens_btd.shape
+        # Tokens as rows of one matrix: a single contracting axis for the weight gradients
+        # (the fast XLA:CPU matmul path; see vit.Mlp).
+        x = tokens_btd.astype(jnp.float32).reshape(b * t, tokens_btd.shape[-1])
         for i in range(self.num_layers - 1):
             x = nn.gelu(dense(self.hidden_dim, f"mlp_{i}")(x), approximate=False)
         x = dense(self.bottleneck_dim, f"mlp_{self.num_layers - 1}")(x)
         x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        x = x.reshape(b, t, self.bottleneck_dim)
+        cls_rows, patch_rows = x[:, 0], x[:, 1:].reshape(b * (t - 1), self.bottleneck_dim)
         last = WeightNormDense(self.out_dim, self.learn_last_norm, name="last_layer")
-        if self.shared_head:
-            return last(x[:, 0]), last(x[:, 1:])
-        patch_last = WeightNormDense(self.patch_out_dim, self.learn_last_norm,
-                                     name="last_layer_patch")
-        return last(x[:, 0]), patch_last(x[:, 1:])
+        patch_last = last if self.shared_head else WeightNormDense(
+            self.patch_out_dim, self.learn_last_norm, name="last_layer_patch")
+        return last(cls_rows), patch_last(patch_rows).reshape(b, t - 1, patch_last.features)

@@ -97,28 +97,41 @@ class Attention(nn.Module):
     def __call__(self, x_bnd: jax.Array) -> jax.Array:
         b, n, d = x_bnd.shape
         head_dim = d // self.num_heads
-        qkv = nn.Dense(3 * d, dtype=self.dtype, kernel_init=_dense_init, name="qkv")(x_bnd)
-        # PyTorch layout of the fused output: (3, heads, head_dim) -> q, k, v of [B, N, H, hd].
-        qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        qkv = nn.Dense(3 * d, dtype=self.dtype, kernel_init=_dense_init, name="qkv")(
+            x_bnd.reshape(b * n, d))  # token rows: see `Mlp`
+        # PyTorch layout of the fused output: (3, heads, head_dim).
+        # Heads-major [3, B, H, N, hd] in one transpose, so both attention matmuls are plain
+        # batched matmuls over (B, H) (measured on CPU: attention core 160 -> 122 ms forward +
+        # backward at 64 x 129 tokens, 6 heads).
+        q, k, v = qkv.reshape(b, n, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
         # Softmax in float32 even when computing in bfloat16.
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (head_dim ** -0.5)
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * (head_dim ** -0.5)
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
         self.sow("intermediates", "attention", weights)  # [B, H, N, N], only kept when asked
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, n, d)
-        return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name="proj")(out)
+        out = jnp.einsum("bhqk,bhkd->bhqd", weights, v).transpose(0, 2, 1, 3).reshape(b * n, d)
+        return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name="proj")(out).reshape(
+            b, n, d)
 
 
 class Mlp(nn.Module):
+    """[..., D] -> fc1 -> GELU -> fc2 -> [..., D], applied to the tokens as rows of one matrix.
+
+    Flattening [B, N, D] to [B*N, D] first gives the weight gradient a single contracting axis:
+    with two (batch and token), XLA:CPU transposes the output gradient and leaves its fast
+    matmul path (measured: fc1 forward + backward 264 ms -> 121 ms at 64 x 129 tokens of 384).
+    """
+
     hidden: int
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        out_dim = x.shape[-1]
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
         x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_dense_init, name="fc1")(x)
         x = nn.gelu(x, approximate=False)  # exact erf GELU, as the PyTorch originals
-        return nn.Dense(out_dim, dtype=self.dtype, kernel_init=_dense_init, name="fc2")(x)
+        x = nn.Dense(shape[-1], dtype=self.dtype, kernel_init=_dense_init, name="fc2")(x)
+        return x.reshape(shape)
 
 
 def drop_path(x_bnd: jax.Array, rate: float, rng: Optional[jax.Array]) -> jax.Array:
