@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -31,3 +33,10 @@ def test_train_step_bench_tiny():
                   "--steps=1")
     assert row["stage"] == "finetune" and row["batch"] == 8 and row["img_per_s"] > 0
     assert row["flops_per_step"] > 0 and 0 < row["fraction_of_matmul_peak"]
+
+
+def test_torch_reference_bench_tiny():
+    pytest.importorskip("torch", reason="the PyTorch reference needs requirements-convert.txt")
+    (row,) = _run("torch_reference.py", "--model=vit_tiny", "--batch=8", "--steps=1")
+    assert (row["framework"], row["stage"], row["batch"]) == ("pytorch", "finetune", 8)
+    assert row["img_per_s"] > 0

@@ -94,3 +94,4 @@ def test_main_command_line(trained_run, tiny_data_dir, tmp_path):
     assert "gallery [" in r.stderr  # the progress bar
     res = json.loads((tmp_path / "w" / "eval_results.json").read_text())
     assert res["mAP"] == pytest.approx(result["mAP"], abs=1e-6)
+    assert 0.0 <= res["top10_same_camera"] <= 1.0 and 0.0 < res["same_camera_base"] < 1.0

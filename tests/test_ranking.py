@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from personvit_jax.evaluation import evaluate, evaluate_rank, pairwise_distances, summarize
+from personvit_jax.evaluation import (camera_bias, evaluate, evaluate_rank, pairwise_distances,
+                                      summarize)
 from personvit_jax.evaluation.ranking import _float_keys, check_features, rank_queries
 
 
@@ -206,3 +207,17 @@ def test_bad_inputs_are_named():
         evaluate_rank(np.array([[0.0, np.nan]]), [1], [1, 2], [0], [1, 1])
     with pytest.raises(ValueError, match="gallery is empty"):
         evaluate(np.zeros((2, 3)), np.zeros((0, 3)), [1, 2], [], [0, 0], [])
+
+
+def test_camera_bias_counts_own_camera_neighbours():
+    # 1-d features: query 0 (camera 0) at 0.0 has gallery 0, 1 (cameras 0, 1) nearest; query 1
+    # (camera 1) at 10.0 has gallery 2, 3 (cameras 1, 1) nearest.
+    qf = np.array([[0.0], [10.0]], np.float32)
+    gf = np.array([[0.1], [0.2], [10.1], [10.2], [5.0]], np.float32)
+    q_cams, g_cams = np.array([0, 1]), np.array([0, 1, 1, 1, 2])
+    out = camera_bias(qf, gf, q_cams, g_cams, k=2, chunk_size=1)
+    assert out["top2_same_camera"] == pytest.approx((1 / 2 + 2 / 2) / 2)
+    assert out["same_camera_base"] == pytest.approx((1 / 5 + 3 / 5) / 2)
+    # k larger than the gallery: every gallery image is a neighbour, so the share is the base
+    out = camera_bias(qf, gf, q_cams, g_cams, k=50)
+    assert out["top5_same_camera"] == pytest.approx(out["same_camera_base"])

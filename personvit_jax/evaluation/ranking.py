@@ -350,6 +350,34 @@ def evaluate(qf_qd, gf_gd, q_pids, g_pids, q_camids, g_camids, metric: str = "eu
                                         metric, rerank, chunk_size), max_rank)
 
 
+def camera_bias(qf_qd, gf_gd, q_camids, g_camids, k: int = 10, metric: str = "euclidean",
+                chunk_size: int = DEFAULT_CHUNK) -> dict[str, float]:
+    """How much the camera drives the features' neighbourhoods.
+
+    `top{k}_same_camera`: the share of each query's k nearest gallery images (all of them, any
+    identity) that come from the query's own camera, averaged over queries; `same_camera_base`:
+    the same share for a feature blind to the camera (the gallery's share of each query's
+    camera). Far above the base, scene and colour cast dominate the features: what
+    self-supervised pretraining learns when every crop of an image shares its background.
+    Ties at the k-th distance are broken arbitrarily."""
+    qf, gf = check_features(qf_qd, gf_gd)
+    _check_metric(metric)
+    q_cams, g_cams = np.asarray(q_camids), np.asarray(g_camids)
+    k = min(k, len(gf))
+    chunk = balanced_chunk(len(qf), chunk_size)
+    rows = feature_distance_rows(qf, gf, metric, chunk)
+    same = []
+    for start in range(0, len(qf), chunk):
+        idx = np.arange(start, min(len(qf), start + chunk))
+        nearest = np.argpartition(np.asarray(rows(idx)), k - 1, axis=1)[:, :k]
+        same.append((g_cams[nearest] == q_cams[idx, None]).mean(1))
+    cams, counts = np.unique(g_cams, return_counts=True)
+    share = dict(zip(cams.tolist(), (counts / len(g_cams)).tolist()))
+    base = np.mean([share.get(c, 0.0) for c in q_cams.tolist()])
+    return {f"top{k}_same_camera": float(np.concatenate(same).mean()),
+            "same_camera_base": float(base)}
+
+
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """JSON-ready summary: mAP, mINP, rank-1/5/10 and query counts."""
     cmc = result["cmc"]

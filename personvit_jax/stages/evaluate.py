@@ -69,7 +69,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     per_query = ranking.evaluate_per_query(*args, metric=e.metric)
     results = {"dataset": config.data.name, "checkpoint": step_dir, "kind": kind,
                "metric": e.metric, "neck_feat": e.neck_feat, "flip": bool(e.flip),
-               **ranking.summarize(ranking.aggregate(per_query, e.max_rank))}
+               **ranking.summarize(ranking.aggregate(per_query, e.max_rank)),
+               **ranking.camera_bias(qf, gf, query.camids, gallery.camids, metric=e.metric)}
     if e.rerank:
         rr = {"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value}
         reranked = ranking.evaluate(*args, metric=e.metric, rerank=rr, max_rank=e.max_rank)

@@ -96,8 +96,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         q, g = monitor["query"], monitor["gallery"]
         qf = extract_features(fn, q, monitor_cfg, mesh, config.monitor.batch_size)
         gf = extract_features(fn, g, monitor_cfg, mesh, config.monitor.batch_size)
-        return evaluation.summarize(evaluation.evaluate(qf, gf, q.pids, g.pids, q.camids,
-                                                        g.camids))
+        summary = evaluation.summarize(evaluation.evaluate(qf, gf, q.pids, g.pids, q.camids,
+                                                           g.camids))
+        # The shortcut to watch for: CLS features that cluster by camera (scene, colour cast).
+        return {**summary, **evaluation.camera_bias(qf, gf, q.camids, g.camids)}
 
     # ------------------------------------------------------------------ checkpoint
     # Init order: 1) resume from this workdir, 2) config.init_from, 3) scratch.
