@@ -129,7 +129,7 @@ def get_config(arg=None):
 
     if args["synthetic"]:
         # CPU-sized: the synthetic train images (labels unused) at 128x64 / 64x32 crops, a
-        # 6-block ViT-Tiny, a small head, 4 local crops; ~13 minutes on 2 cores.
+        # 6-block ViT-Tiny, a small head, 4 local crops; ~9 minutes on 2 cores.
         d.name = "synthetic"
         d.batch_size = 32
         d.global_size = (128, 64)
