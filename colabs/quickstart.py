@@ -28,7 +28,7 @@
 #    over a person, per head.
 #
 # Every step calls the package (configs + `personvit_jax.stages.*`); the notebook holds no
-# training code. **Runtime**: about 10 minutes on a CPU runtime with the defaults below (8.7
+# training code. **Runtime**: about 10 minutes on a CPU runtime with the defaults below (7.7
 # min on a 2-core CPU), after the installation. On a **GPU runtime** (Runtime > Change runtime
 # type) the setup cell installs the CUDA wheels; then raise `PRETRAIN_EPOCHS` to 10 and
 # `FINETUNE_EPOCHS` to 30, the synthetic configs' own schedules. The same steps from a shell:
@@ -298,9 +298,9 @@ display(visualize.attention_image(people, maps))
 # %% [markdown]
 # ## Where to go from here
 #
-# - **Numbers**: with the defaults, the fine-tuned model reached mAP 0.212 (rank-1 0.171) when
+# - **Numbers**: with the defaults, the fine-tuned model reached mAP 0.196 (rank-1 0.157) when
 #   we ran this notebook, still rising at the end; the teacher after 3 pretraining epochs is at
-#   chance (mAP 0.009). `configs/finetune.py:synthetic` (30 epochs from scratch) reaches 0.523
+#   chance (mAP 0.010). `configs/finetune.py:synthetic` (30 epochs from scratch) reaches 0.574
 #   (README, "Results"). At CPU budgets pretraining on the synthetic set does not yet beat
 #   training from scratch (15 epochs from scratch in the `custom_data` notebook: 0.279); on
 #   real data, start from the released LUPerson-pretrained backbone instead (notebook
