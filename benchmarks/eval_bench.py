@@ -6,7 +6,9 @@ r"""Evaluation speed and memory at Market-1501 and MSMT17 scale, one JSON line p
 Cases: <scale>:<what>, scale market (3,368 x 15,913) | msmt17 (11,659 x 82,161); what = metrics
 (features -> distances -> CMC/mAP/mINP via `evaluation.evaluate`), rerank (the same with
 k-reciprocal re-ranking, k1 20, k2 6, lambda 0.3), classic (the textbook per-query loop: dense
-distance matrix, argsort of each row; Market only, the reference the others are checked against).
+distance matrix, argsort of each row; Market only, the reference the others are checked against),
+rerank_dense (the published dense re-ranking, N x N matrices, float32; Market only, the reference
+for rerank: ~6 GB).
 
 The problem is random but shaped like the real one: 384-d L2-normalised features around one
 centre per identity, a per-camera shift, noise, distractors (pid 0) that belong to no identity,
@@ -34,7 +36,8 @@ SCALES = {  # queries, gallery, identities, distractors, cameras
     "market": (3368, 15913, 750, 2798, 6),
     "msmt17": (11659, 82161, 3060, 0, 15),
 }
-CASES = ("market:classic", "market:metrics", "market:rerank", "msmt17:metrics", "msmt17:rerank")
+CASES = ("market:classic", "market:metrics", "market:rerank", "market:rerank_dense",
+         "msmt17:metrics", "msmt17:rerank")
 
 
 def make_problem(scale: str, dim: int = 384, seed: int = 0):
@@ -77,6 +80,65 @@ def classic(qf, gf, q_pids, g_pids, q_camids, g_camids, max_rank=50):
             "rank1": float(np.mean(cmcs, 0)[0])}
 
 
+def dense_rerank(qf, gf, k1=20, k2=6, lambda_value=0.3):
+    """k-reciprocal re-ranking in the published dense formulation, float32: the N x N squared
+    distances divided by each row's maximum, their full argsort, V as an N x N matrix, local
+    query expansion over the k2 nearest, Jaccard distances through an inverted index of V's
+    columns. [Q, G] distances. ~4 N^2 x 4 bytes of memory (Market-1501: ~6 GB)."""
+    x = np.concatenate([qf, gf]).astype(np.float32)
+    n, nq = len(x), len(qf)
+    sq = (x ** 2).sum(1)
+    dist = np.maximum(sq[:, None] + sq[None] - 2 * (x @ x.T), 0)
+    dist /= dist.max(1, keepdims=True)
+    rank = np.argsort(dist, axis=1, kind="stable").astype(np.int32)
+
+    def reciprocal(i, length):
+        forward = rank[i, :length]
+        return forward[(rank[forward, :length] == i).any(1)]
+
+    half = int(np.around(k1 / 2)) + 1
+    v = np.zeros((n, n), np.float32)
+    for i in range(n):
+        r = reciprocal(i, k1 + 1)
+        expanded = [r]
+        for c in r:
+            rc = reciprocal(c, half)
+            if len(np.intersect1d(rc, r)) > 2 / 3 * len(rc):
+                expanded.append(rc)
+        e = np.unique(np.concatenate(expanded))
+        w = np.exp(-dist[i, e])
+        v[i, e] = w / w.sum()
+    if k2 > 1:
+        v_qe = np.zeros_like(v)
+        for i in range(n):
+            v_qe[i] = v[rank[i, :k2]].mean(0)
+        v = v_qe
+    del rank
+    inverted = [np.nonzero(v[:, j])[0] for j in range(n)]
+    jaccard = np.zeros((nq, n), np.float32)
+    for i in range(nq):
+        shared = np.zeros(n, np.float32)
+        for j in np.nonzero(v[i])[0]:
+            rows = inverted[j]
+            shared[rows] += np.minimum(v[i, j], v[rows, j])
+        jaccard[i] = 1 - shared / (2 - shared)
+    final = (1 - lambda_value) * jaccard + lambda_value * dist[:nq]
+    return final[:, nq:]
+
+
+def dense_rerank_metrics(qf, gf, q_pids, g_pids, q_camids, g_camids) -> dict:
+    """Metrics of the dense re-ranked distances, and their largest difference from the sparse
+    implementation's (`evaluation.rerank.ReRanker`, timed apart as market:rerank)."""
+    from personvit_jax import evaluation
+    from personvit_jax.evaluation.rerank import ReRanker
+
+    dense = dense_rerank(qf, gf)
+    r = evaluation.evaluate_rank(dense, q_pids, g_pids, q_camids, g_camids)
+    ours = np.asarray(ReRanker(qf, gf).distance_rows(np.arange(len(qf))))
+    return {"mAP": r["mAP"], "mINP": r["mINP"], "rank1": float(r["cmc"][0]),
+            "max_abs_diff_vs_sparse": float(np.abs(ours - dense).max())}
+
+
 def run_case(case: str) -> dict:
     from personvit_jax import evaluation
 
@@ -85,6 +147,8 @@ def run_case(case: str) -> dict:
     t, cpu = time.perf_counter(), time.process_time()
     if what == "classic":
         res = classic(*problem)
+    elif what == "rerank_dense":
+        res = dense_rerank_metrics(*problem)
     else:
         r = evaluation.evaluate(*problem, rerank=True if what == "rerank" else None)
         res = {"mAP": r["mAP"], "mINP": r["mINP"], "rank1": float(r["cmc"][0])}
