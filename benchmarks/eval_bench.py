@@ -8,7 +8,7 @@ Cases: <scale>:<what>, scale market (3,368 x 15,913) | msmt17 (11,659 x 82,161);
 k-reciprocal re-ranking, k1 20, k2 6, lambda 0.3), classic (the textbook per-query loop: dense
 distance matrix, argsort of each row; Market only, the reference the others are checked against),
 rerank_dense (the published dense re-ranking, N x N matrices, float32; Market only, the reference
-for rerank: ~6 GB).
+for rerank: ~6 GB), camera_bias (`evaluation.camera_bias`, which the evaluate stage adds).
 
 The problem is random but shaped like the real one: 384-d L2-normalised features around one
 centre per identity, a per-camera shift, noise, distractors (pid 0) that belong to no identity,
@@ -37,7 +37,7 @@ SCALES = {  # queries, gallery, identities, distractors, cameras
     "msmt17": (11659, 82161, 3060, 0, 15),
 }
 CASES = ("market:classic", "market:metrics", "market:rerank", "market:rerank_dense",
-         "msmt17:metrics", "msmt17:rerank")
+         "market:camera_bias", "msmt17:metrics", "msmt17:rerank", "msmt17:camera_bias")
 
 
 def make_problem(scale: str, dim: int = 384, seed: int = 0):
@@ -149,6 +149,9 @@ def run_case(case: str) -> dict:
         res = classic(*problem)
     elif what == "rerank_dense":
         res = dense_rerank_metrics(*problem)
+    elif what == "camera_bias":
+        qf, gf, _, _, q_camids, g_camids = problem
+        res = evaluation.camera_bias(qf, gf, q_camids, g_camids)
     else:
         r = evaluation.evaluate(*problem, rerank=True if what == "rerank" else None)
         res = {"mAP": r["mAP"], "mINP": r["mINP"], "rank1": float(r["cmc"][0])}

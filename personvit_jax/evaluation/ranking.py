@@ -21,6 +21,8 @@ Memory: one [chunk, G] distance block plus its candidates.
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any, Callable, Optional
 
 import jax
@@ -350,6 +352,14 @@ def evaluate(qf_qd, gf_gd, q_pids, g_pids, q_camids, g_camids, metric: str = "eu
                                         metric, rerank, chunk_size), max_rank)
 
 
+@functools.partial(jax.jit, static_argnums=3)
+def nearest_block(q_qd: jax.Array, g_aug_ge: jax.Array, metric_code: jax.Array,
+                  k: int) -> jax.Array:
+    """Gallery indices [q, k] of each query's k nearest (`distance_block`), found on device so
+    only [q, k] reaches the host; ties at the k-th distance are broken arbitrarily."""
+    return jax.lax.top_k(-distance_block(q_qd, g_aug_ge, metric_code), k)[1]
+
+
 def camera_bias(qf_qd, gf_gd, q_camids, g_camids, k: int = 10, metric: str = "euclidean",
                 chunk_size: int = DEFAULT_CHUNK) -> dict[str, float]:
     """How much the camera drives the features' neighbourhoods.
@@ -361,16 +371,15 @@ def camera_bias(qf_qd, gf_gd, q_camids, g_camids, k: int = 10, metric: str = "eu
     self-supervised pretraining learns when every crop of an image shares its background.
     Ties at the k-th distance are broken arbitrarily."""
     qf, gf = check_features(qf_qd, gf_gd)
-    _check_metric(metric)
     q_cams, g_cams = np.asarray(q_camids), np.asarray(g_camids)
     k = min(k, len(gf))
+    g_aug, code = prepare_gallery(gf, metric)
     chunk = balanced_chunk(len(qf), chunk_size)
-    rows = feature_distance_rows(qf, gf, metric, chunk)
-    same = []
-    for start in range(0, len(qf), chunk):
-        idx = np.arange(start, min(len(qf), start + chunk))
-        nearest = np.argpartition(np.asarray(rows(idx)), k - 1, axis=1)[:, :k]
-        same.append((g_cams[nearest] == q_cams[idx, None]).mean(1))
+    blocks = [np.arange(s, min(len(qf), s + chunk)) for s in range(0, len(qf), chunk)]
+    # all blocks dispatched first (asynchronously), then read: [chunk, k] indices each
+    nearest = [nearest_block(padded_rows(qf, idx, chunk), g_aug, code, k) for idx in blocks]
+    same = [(g_cams[np.asarray(n)[:len(idx)]] == q_cams[idx, None]).mean(1)
+            for idx, n in zip(blocks, nearest)]
     cams, counts = np.unique(g_cams, return_counts=True)
     share = dict(zip(cams.tolist(), (counts / len(g_cams)).tolist()))
     base = np.mean([share.get(c, 0.0) for c in q_cams.tolist()])
