@@ -80,12 +80,13 @@ def classic(qf, gf, q_pids, g_pids, q_camids, g_camids, max_rank=50):
             "rank1": float(np.mean(cmcs, 0)[0])}
 
 
-def dense_rerank(qf, gf, k1=20, k2=6, lambda_value=0.3):
-    """k-reciprocal re-ranking in the published dense formulation, float32: the N x N squared
-    distances divided by each row's maximum, their full argsort, V as an N x N matrix, local
-    query expansion over the k2 nearest, Jaccard distances through an inverted index of V's
-    columns. [Q, G] distances. ~4 N^2 x 4 bytes of memory (Market-1501: ~6 GB)."""
-    x = np.concatenate([qf, gf]).astype(np.float32)
+def dense_rerank(qf, gf, k1=20, k2=6, lambda_value=0.3, dtype=np.float32):
+    """k-reciprocal re-ranking in the published dense formulation: the N x N squared distances
+    divided by each row's maximum, their full argsort, V as an N x N matrix, local query
+    expansion over the k2 nearest, Jaccard distances through an inverted index of V's columns.
+    [Q, G] distances. ~4 N^2 x 4 bytes of memory in float32 (Market-1501: ~6 GB). Also the
+    reference of tests/test_rerank.py (in float64)."""
+    x = np.concatenate([qf, gf]).astype(dtype)
     n, nq = len(x), len(qf)
     sq = (x ** 2).sum(1)
     dist = np.maximum(sq[:, None] + sq[None] - 2 * (x @ x.T), 0)
@@ -97,7 +98,7 @@ def dense_rerank(qf, gf, k1=20, k2=6, lambda_value=0.3):
         return forward[(rank[forward, :length] == i).any(1)]
 
     half = int(np.around(k1 / 2)) + 1
-    v = np.zeros((n, n), np.float32)
+    v = np.zeros((n, n), dtype)
     for i in range(n):
         r = reciprocal(i, k1 + 1)
         expanded = [r]
@@ -115,9 +116,9 @@ def dense_rerank(qf, gf, k1=20, k2=6, lambda_value=0.3):
         v = v_qe
     del rank
     inverted = [np.nonzero(v[:, j])[0] for j in range(n)]
-    jaccard = np.zeros((nq, n), np.float32)
+    jaccard = np.zeros((nq, n), dtype)
     for i in range(nq):
-        shared = np.zeros(n, np.float32)
+        shared = np.zeros(n, dtype)
         for j in np.nonzero(v[i])[0]:
             rows = inverted[j]
             shared[rows] += np.minimum(v[i, j], v[rows, j])

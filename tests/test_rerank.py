@@ -1,40 +1,23 @@
 """k-reciprocal re-ranking against a dense, loop-by-loop reference of the published algorithm."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
+from conftest import REPO
 from personvit_jax.evaluation import evaluate, evaluate_rank
 from personvit_jax.evaluation.rerank import ReRanker, expanded_sets, smallest_k
 
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import eval_bench  # noqa: E402  (the dense reference lives with the Market-scale benchmark)
+
 
 def dense_rerank(qf, gf, k1, k2, lam):
-    """Zhong et al. 2017 as published: N x N squared distances, each row divided by its maximum,
-    full argsort, k-reciprocal sets with the 2/3 expansion, V, query expansion, Jaccard."""
-    x = np.concatenate([qf, gf]).astype(np.float64)
-    n, nq = len(x), len(qf)
-    d = ((x[:, None] - x[None]) ** 2).sum(-1)
-    d = d / d.max(1, keepdims=True)
-    rank = np.argsort(d, axis=1, kind="stable")
-
-    def reciprocal(i, length):
-        return [j for j in rank[i, :length] if i in rank[j, :length]]
-
-    half = int(np.around(k1 / 2)) + 1
-    v = np.zeros((n, n))
-    for i in range(n):
-        r = reciprocal(i, k1 + 1)
-        expanded = set(r)
-        for c in r:
-            rc = reciprocal(c, half)
-            if len(set(rc) & set(r)) > 2 / 3 * len(rc):
-                expanded |= set(rc)
-        e = sorted(expanded)
-        w = np.exp(-d[i, e])
-        v[i, e] = w / w.sum()
-    if k2 > 1:
-        v = np.stack([v[rank[i, :k2]].mean(0) for i in range(n)])
-    s = np.minimum(v[:nq, None, :], v[None, nq:, :]).sum(-1)
-    return (1 - lam) * (1 - s / (2 - s)) + lam * d[:nq, nq:]
+    """The published algorithm with dense N x N matrices, in float64 (benchmarks/eval_bench.py
+    runs the same function in float32 at Market scale)."""
+    return eval_bench.dense_rerank(qf, gf, k1, k2, lam, dtype=np.float64)
 
 
 def clustered_problem(seed, nq=30, ng=110, dim=12, num_ids=12):
