@@ -6,8 +6,9 @@ r"""Input-pipeline speed: images per second delivered by the training pipelines,
 
 finetune: the P x K pipeline of configs/finetune.py (256x128, flip, pad + crop, random erasing;
           batch 64). pretrain: the multi-crop pipeline of configs/pretrain.py (2 global 256x128
-          + 8 local 128x64 crops with colour jitter, grayscale, blur, solarise, and the student
-          masks; batch 64). Images: Market-1501-size JPEGs (128x64) of the synthetic set,
+          + 8 local 128x64 crops, uint8, with their colour-jitter / grayscale / blur / solarise
+          parameters, which the train step applies on the device, and the student masks;
+          batch 64). Images: Market-1501-size JPEGs (128x64) of the synthetic set,
           generated under --data_dir (default: a temporary folder) unless already there.
 workers=0 runs the loaders in the iterator's prefetch threads inside this process; N > 0 uses
 N Grain worker processes. The first batch (worker start-up) is not timed.

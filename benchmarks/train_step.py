@@ -27,6 +27,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from personvit_jax.data import color_augment  # noqa: E402
 from personvit_jax.models.reid import reid_model_from_config  # noqa: E402
 from personvit_jax.models.pretrain import pretrain_model_from_config  # noqa: E402
 from personvit_jax.models.vit import grid_size  # noqa: E402
@@ -109,9 +110,14 @@ def bench_pretrain(args):
         mesh)
     rng = np.random.default_rng(0)
     n = grid_size(d.global_size, config.model.patch_size, config.model.patch_stride)
+    # uint8 views and colour parameters drawn as the pipeline draws them (the colour
+    # augmentation runs in the step)
+    colors = lambda v, blur: np.stack([[color_augment.draw_params(rng, d, blur, 0.2)
+                                        for _ in range(v)] for _ in range(args.batch)])
     batch = sharding.to_global({
-        "global": rng.standard_normal((args.batch, 2, h, w, 3), np.float32),
-        "local": rng.standard_normal((args.batch, d.num_local_crops, lh, lw, 3), np.float32),
+        "global": rng.integers(0, 256, (args.batch, 2, h, w, 3), np.uint8),
+        "local": rng.integers(0, 256, (args.batch, d.num_local_crops, lh, lw, 3), np.uint8),
+        "global_color": colors(2, 1.0), "local_color": colors(d.num_local_crops, 0.5),
         "masks": rng.random((args.batch, 2, n[0] * n[1])) < 0.15}, mesh)
     size = f"2x{h}x{w}+{d.num_local_crops}x{lh}x{lw}"
     return step, state, batch, _flops(step, state, batch), size

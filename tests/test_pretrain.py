@@ -36,9 +36,11 @@ def test_pretrain_batches_deterministic_and_process_independent(tiny_splits):
     halves = [make(p, 2) for p in range(2)]
     b = one[0]
     assert b["global"].shape == (8, 2, 64, 32, 3) and b["local"].shape == (8, 3, 32, 16, 3)
+    assert b["global"].dtype == b["local"].dtype == np.uint8  # colour ops run in the step
+    assert b["global_color"].shape == (8, 2, 11) and b["local_color"].shape == (8, 3, 11)
     assert b["masks"].shape == (8, 2, 32) and b["masks"].dtype == bool
     for s in range(3):
-        for k in ("global", "local", "masks", "indices"):
+        for k in ("global", "local", "global_color", "local_color", "masks", "indices"):
             np.testing.assert_array_equal(one[s][k], again[s][k])
             np.testing.assert_array_equal(one[s][k], np.concatenate([halves[0][s][k],
                                                                      halves[1][s][k]]))

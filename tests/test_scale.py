@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import (REPO, assert_trees, assert_trees_close_in_norm, tiny_finetune_config,
                       tiny_pretrain_config)
+from personvit_jax.data import color_augment
 from personvit_jax.models.pretrain import pretrain_model_from_config
 from personvit_jax.models.reid import reid_model_from_config
 from personvit_jax.models.vit import grid_size
@@ -89,9 +90,11 @@ def _pretrain_batch(seed, cfg):
     rng = np.random.default_rng(seed)
     b, d = cfg.data.batch_size, cfg.data
     n = np.prod(grid_size(d.global_size, cfg.model.patch_size, cfg.model.patch_stride))
-    return {"global": rng.standard_normal((b, 2, *d.global_size, 3)).astype(np.float32),
-            "local": rng.standard_normal((b, d.num_local_crops, *d.local_size, 3)
-                                         ).astype(np.float32),
+    colors = lambda v, blur: np.stack([[color_augment.draw_params(rng, d, blur, 0.2)
+                                        for _ in range(v)] for _ in range(b)])
+    return {"global": rng.integers(0, 256, (b, 2, *d.global_size, 3), np.uint8),
+            "local": rng.integers(0, 256, (b, d.num_local_crops, *d.local_size, 3), np.uint8),
+            "global_color": colors(2, 1.0), "local_color": colors(d.num_local_crops, 0.5),
             "masks": rng.random((b, 2, n)) < 0.3}
 
 

@@ -1,4 +1,5 @@
-"""Per-image augmentations in numpy/PIL (run in the input pipeline, on host CPUs).
+"""Per-image augmentations in numpy/PIL (run in the input pipeline, on host CPUs); the multi-crop
+colour operations are drawn here and applied on the device (`color_augment`).
 
 Every random draw comes from the `np.random.Generator` passed in, which the pipeline seeds from
 (seed, step, position in the global batch): the same image gets the same augmentation whatever
@@ -11,7 +12,9 @@ import math
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageEnhance
+
+from personvit_jax.data import color_augment
 
 
 def load_rgb(path_or_file, name: str = "") -> Image.Image:
@@ -123,30 +126,28 @@ def random_resized_crop(img: Image.Image, rng: np.random.Generator, out_hw: Sequ
 
 def multicrop_view(img: Image.Image, rng: np.random.Generator, out_hw: Sequence[int],
                    scale: Sequence[float], blur_prob: float, solarize_prob: float,
-                   cfg) -> np.ndarray:
-    """One DINO view: resized crop -> flip -> colour jitter (p 0.8) -> grayscale (p 0.2) ->
-    Gaussian blur -> solarise -> normalise. float32 [h, w, 3]."""
+                   cfg) -> tuple[np.ndarray, np.ndarray]:
+    """One DINO view: resized crop -> flip here, on the host, as uint8 [h, w, 3]; its colour
+    jitter (p cfg.color_jitter.prob) -> grayscale -> Gaussian blur -> solarise -> normalise
+    happen in the train step (`color_augment.apply`) from the parameters [P] drawn here."""
     view = random_resized_crop(img, rng, out_hw, scale)
     if rng.random() < 0.5:
         view = view.transpose(Image.FLIP_LEFT_RIGHT)
-    cj = cfg.color_jitter
-    if rng.random() < cj.prob:
-        view = color_jitter(view, rng, cj.brightness, cj.contrast, cj.saturation, cj.hue)
-    if rng.random() < cfg.grayscale_prob:
-        view = view.convert("L").convert("RGB")  # ITU-R 601 luma in all three channels
-    if rng.random() < blur_prob:
-        view = view.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.1, 2.0)))
-    if rng.random() < solarize_prob:
-        view = ImageOps.solarize(view, threshold=128)
-    return normalize(np.asarray(view), cfg.mean, cfg.std)
+    return np.asarray(view), color_augment.draw_params(rng, cfg, blur_prob, solarize_prob)
 
 
-def multicrop(img: Image.Image, rng: np.random.Generator, cfg) -> tuple[np.ndarray, np.ndarray]:
-    """(global [2, H, W, 3], local [L, h, w, 3]); blur p 1.0 / 0.1 on the two global views and
-    0.5 on locals, solarisation p 0.2 on the second global view (BYOL/DINO asymmetry)."""
+def multicrop(img: Image.Image, rng: np.random.Generator, cfg) -> dict[str, np.ndarray]:
+    """{global: uint8 [2, H, W, 3], local: uint8 [L, h, w, 3], global_color [2, P], local_color
+    [L, P] float32}; blur p 1.0 / 0.1 on the two global views and 0.5 on locals, solarisation
+    p 0.2 on the second global view (BYOL/DINO asymmetry)."""
     g = [multicrop_view(img, rng, cfg.global_size, cfg.global_scale, 1.0, 0.0, cfg),
          multicrop_view(img, rng, cfg.global_size, cfg.global_scale, 0.1, cfg.solarize_prob, cfg)]
     loc = [multicrop_view(img, rng, cfg.local_size, cfg.local_scale, 0.5, 0.0, cfg)
            for _ in range(cfg.num_local_crops)]
-    local = np.stack(loc) if loc else np.zeros((0, *cfg.local_size, 3), np.float32)
-    return np.stack(g), local
+    (g0, p0), (g1, p1) = g
+    out = {"global": np.stack([g0, g1]), "global_color": np.stack([p0, p1]),
+           "local": np.zeros((0, *cfg.local_size, 3), np.uint8),
+           "local_color": np.zeros((0, color_augment.NUM_PARAMS), np.float32)}
+    if loc:
+        out["local"], out["local_color"] = (np.stack(v) for v in zip(*loc))
+    return out

@@ -181,8 +181,9 @@ class PretrainBatchLoader:
 
     `images`: a Split (labels unused) or a list of image paths. Images are visited epoch by epoch
     in a permutation drawn from (seed, epoch). Output: global [b, 2, H, W, 3], local
-    [b, L, h, w, 3] float32, masks [b, 2, N] bool (student global crops; N = patches of a global
-    crop), indices [b] int32.
+    [b, L, h, w, 3] uint8 (cropped, resized, flipped), their colour parameters global_color
+    [b, 2, P], local_color [b, L, P] float32 (applied in the step: `color_augment.apply`), masks
+    [b, 2, N] bool (student global crops; N = patches of a global crop), indices [b] int32.
     """
 
     def __init__(self, images: Union[Split, Sequence[str]], aug_cfg, mask_cfg, mask_grid,
@@ -201,17 +202,15 @@ class PretrainBatchLoader:
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         idx = self.batch_indices(step)
         m = self.mask_cfg
-        g, l, masks = [], [], []
+        views, masks = [], []
         for pos in np.arange(len(idx))[self.local]:
             rng = np.random.default_rng([self.seed, step, pos, 3])
-            gv, lv = augment.multicrop(self.images.image(idx[pos]), rng, self.aug_cfg)
-            g.append(gv)
-            l.append(lv)
+            views.append(augment.multicrop(self.images.image(idx[pos]), rng, self.aug_cfg))
             masks.append(np.stack([
                 image_mask(self.mask_grid, rng, m.ratio, m.ratio_var, m.masked_fraction,
                            m.min_block, m.min_aspect) for _ in range(2)]))
-        return {"global": np.stack(g), "local": np.stack(l), "masks": np.stack(masks),
-                "indices": idx[self.local].astype(np.int32)}
+        batch = {k: np.stack([v[k] for v in views]) for k in views[0]}
+        return dict(batch, masks=np.stack(masks), indices=idx[self.local].astype(np.int32))
 
 
 def pretrain_iterator(images: Union[Split, Sequence[str]], data_cfg, mask_cfg, mask_grid,

@@ -21,7 +21,7 @@ import optax
 from absl import logging
 
 from personvit_jax import evaluation, losses, validation
-from personvit_jax.data import pipeline
+from personvit_jax.data import color_augment, pipeline
 from personvit_jax.evaluation.features import extract_features, normalize_rows
 from personvit_jax.models.pretrain import pretrain_model_from_config
 from personvit_jax.models.vit import grid_size
@@ -163,8 +163,10 @@ def _is_last_layer(path) -> bool:
 
 
 def make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch: int):
-    """(state, batch) -> (state, metrics), unjitted. batch: global [B, 2, H, W, 3], local
-    [B, L, h, w, 3], masks [B, 2, N] (True = masked for the student)."""
+    """(state, batch) -> (state, metrics), unjitted. batch: uint8 views global [B, 2, H, W, 3],
+    local [B, L, h, w, 3] and their colour parameters global_color [B, 2, P], local_color
+    [B, L, P] (`data.color_augment`, applied here), masks [B, 2, N] (True = masked for the
+    student)."""
     l = config.loss
     temp = lambda e, final: optim.warmup_cosine(
         e, base=final, total=config.optim.epochs, warmup=l.warmup_teacher_temp_epochs,
@@ -185,7 +187,9 @@ def make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch:
             over its crops / patches (for the centres)."""
             rng_g, rng_l = jax.random.split(rng)
             b, n_local = batch["global"].shape[0], batch["local"].shape[1]
-            globals_, masks = crop_major(batch["global"]), crop_major(batch["masks"])
+            views = lambda k: crop_major(color_augment.apply(
+                batch[k], batch[f"{k}_color"], config.data.mean, config.data.std))
+            globals_, masks = views("global"), crop_major(batch["masks"])
             t = teacher.apply({"params": state["teacher"]}, globals_)
             t_cls = t["cls_logits"].reshape(2, b, -1)
             t_patch = t["patch_logits"].reshape(2, b, masks.shape[-1], -1)
@@ -195,7 +199,7 @@ def make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch:
                                    rngs={"dropout": rng_g})
                 s_cls = [sg["cls_logits"].reshape(2, b, -1)]
                 if n_local:
-                    sl = student.apply({"params": params}, crop_major(batch["local"]),
+                    sl = student.apply({"params": params}, views("local"),
                                        train=True, with_patches=False, rngs={"dropout": rng_l})
                     s_cls.append(sl["cls_logits"].reshape(n_local, b, -1))
                 cls_loss = losses.cls_distillation(jnp.concatenate(s_cls), t_cls,

@@ -1,0 +1,156 @@
+"""DINO/iBOT colour augmentation of multi-crop views: drawn on the host, applied on the device.
+
+The host pipeline only decodes, crops, resizes and flips (uint8); each view also carries a small
+float32 vector of its colour parameters, drawn from the pipeline's seeded generator. Inside the
+jitted pretrain step `apply` turns the uint8 views and their parameters into normalised float32
+views, vectorised over every view of the batch. Colour jitter, grayscale, blur and solarisation
+were ~70% of the host's multi-crop time (PIL, per view); on an accelerator they cost next to
+nothing, and views cross to the device as uint8 (4x less than float32).
+
+Semantics (torchvision's tensor ops on [0, 1] floats, clipped after every operation):
+  brightness b: x * b;  contrast c: c * x + (1 - c) * mean(gray(x)) over the view;
+  saturation s: s * x + (1 - s) * gray(x);  hue h: HSV hue shifted by h turns;
+  gray(x) = 0.2989 R + 0.587 G + 0.114 B;  the four jitter ops in a random order (ColorJitter);
+  grayscale: gray(x) in all three channels;  blur: Gaussian of std `sigma` pixels (PIL's
+  GaussianBlur radius, as DINO), edge-replicated borders;  solarise: x >= 128/255 -> 1 - x.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Layout of one view's parameter vector [NUM_PARAMS].
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
+ORDER = slice(4, 8)  # the jitter ops (indices 0-3 above) in the order they are applied
+GRAYSCALE, BLUR_SIGMA, SOLARIZE = 8, 9, 10
+NUM_PARAMS = 11
+# A view left unchanged: factors 1, no hue shift, any order, no grayscale / blur / solarise.
+IDENTITY = np.array([1, 1, 1, 0, 0, 1, 2, 3, 0, 0, 0], np.float32)
+
+BLUR_SIGMA_RANGE = (0.1, 2.0)  # DINO's GaussianBlur radius range
+BLUR_RADIUS = 6  # kernel half-width: 3 x the largest sigma
+_GRAY = (0.2989, 0.587, 0.114)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host: draw one view's parameters.
+# ---------------------------------------------------------------------------------------------
+
+
+def draw_params(rng: np.random.Generator, cfg, blur_prob: float,
+                solarize_prob: float) -> np.ndarray:
+    """One view's colour parameters [NUM_PARAMS] float32, in DINO's order of decisions: colour
+    jitter with probability cfg.color_jitter.prob (factors uniform in [1 - x, 1 + x], hue shift
+    in [-hue, hue], random order), grayscale (cfg.grayscale_prob), blur (`blur_prob`, sigma in
+    BLUR_SIGMA_RANGE), solarisation (`solarize_prob`)."""
+    p = IDENTITY.copy()
+    cj = cfg.color_jitter
+    if rng.random() < cj.prob:
+        p[ORDER] = rng.permutation(4)
+        for i, x in ((BRIGHTNESS, cj.brightness), (CONTRAST, cj.contrast),
+                     (SATURATION, cj.saturation)):
+            if x:
+                p[i] = rng.uniform(max(0.0, 1 - x), 1 + x)
+        if cj.hue:
+            p[HUE] = rng.uniform(-cj.hue, cj.hue)
+    if rng.random() < cfg.grayscale_prob:
+        p[GRAYSCALE] = 1
+    if rng.random() < blur_prob:
+        p[BLUR_SIGMA] = rng.uniform(*BLUR_SIGMA_RANGE)
+    if rng.random() < solarize_prob:
+        p[SOLARIZE] = 1
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Device: the operations on views [..., H, W, 3] in [0, 1] with per-view scalars [...].
+# ---------------------------------------------------------------------------------------------
+
+
+def _per_view(v: jax.Array) -> jax.Array:
+    """[...] -> [..., 1, 1, 1], to broadcast a per-view scalar over its pixels."""
+    return v[..., None, None, None]
+
+
+def gray(x: jax.Array) -> jax.Array:
+    """[..., H, W, 3] -> [..., H, W, 1] luma."""
+    return (x[..., 0:1] * _GRAY[0] + x[..., 1:2] * _GRAY[1] + x[..., 2:3] * _GRAY[2])
+
+
+def hue(x: jax.Array, h: jax.Array) -> jax.Array:
+    """RGB -> HSV, hue + h (mod 1), -> RGB."""
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    maxc, minc = jnp.max(x, axis=-1), jnp.min(x, axis=-1)
+    delta = maxc - minc
+    safe = jnp.where(delta > 0, delta, 1.0)
+    sat = jnp.where(maxc > 0, delta / jnp.where(maxc > 0, maxc, 1.0), 0.0)
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    hh = jnp.where(maxc == r, bc - gc, jnp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hh = jnp.where(delta > 0, hh / 6.0, 0.0)
+    hh = jnp.mod(hh + h[..., None, None], 1.0)
+    # HSV -> RGB: sector i of six, fraction f within it.
+    i6 = hh * 6.0
+    i = jnp.floor(i6)
+    f = i6 - i
+    i = i.astype(jnp.int32) % 6
+    v = maxc
+    p, q, t = v * (1.0 - sat), v * (1.0 - sat * f), v * (1.0 - sat * (1.0 - f))
+    pick = lambda *c: jnp.select([i == k for k in range(6)], list(c))
+    return jnp.stack([pick(v, q, p, p, t, v), pick(t, v, v, q, p, p), pick(p, p, t, v, v, q)],
+                     axis=-1)
+
+
+def gaussian_blur(x: jax.Array, sigma: jax.Array) -> jax.Array:
+    """Separable Gaussian of std `sigma` [...] pixels (0 = none), kernel half-width
+    BLUR_RADIUS, edge-replicated borders."""
+    taps = jnp.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=jnp.float32)
+    safe = jnp.where(sigma > 0, sigma, 1.0)[..., None]
+    w = jnp.exp(-0.5 * (taps / safe) ** 2)
+    w = w / jnp.sum(w, axis=-1, keepdims=True)
+    w = jnp.where((sigma > 0)[..., None], w, (taps == 0).astype(jnp.float32))  # [..., T]
+    lead = x.ndim - 3
+
+    def along(x, axis):  # weighted sum of the 2R+1 shifted copies along `axis` (H or W)
+        n = x.shape[axis]
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (BLUR_RADIUS, BLUR_RADIUS)
+        xp = jnp.pad(x, pad, mode="edge")
+        out = jnp.zeros_like(x)
+        for k in range(2 * BLUR_RADIUS + 1):
+            out = out + _per_view(w[..., k]) * jax.lax.slice_in_dim(xp, k, k + n, axis=axis)
+        return out
+
+    return along(along(x, lead), lead + 1)
+
+
+def apply(views_uint8: jax.Array, params: jax.Array, mean: Sequence[float],
+          std: Sequence[float]) -> jax.Array:
+    """uint8 views [..., H, W, 3] and their parameters [..., NUM_PARAMS] -> normalised float32
+    views [..., H, W, 3]: colour jitter (ops in the drawn order) -> grayscale -> blur ->
+    solarise -> (x - mean) / std."""
+    x = views_uint8.astype(jnp.float32) / 255.0
+    params = params.astype(jnp.float32)
+    order = params[..., ORDER].astype(jnp.int32)
+    for position in range(4):
+        op = order[..., position]
+        factor = jnp.take_along_axis(params[..., :4], op[..., None], axis=-1)[..., 0]
+        # Brightness, contrast and saturation are each a blend a * x + (1 - a) * ref with ref =
+        # black, the mean grey of the view, the pixel's grey; a = 1 (exactly x) on hue views.
+        g = gray(x)
+        ref = jnp.where(_per_view(op == CONTRAST), jnp.mean(g, axis=(-3, -2, -1), keepdims=True),
+                        jnp.where(_per_view(op == SATURATION), g, 0.0))
+        a = _per_view(jnp.where(op == HUE, 1.0, factor))
+        x = jnp.clip(a * x + (1.0 - a) * ref, 0.0, 1.0)
+        shift = jnp.where(op == HUE, factor, 0.0)
+        # The HSV round trip only when some view shifts its hue here (never with hue = 0).
+        x = jax.lax.cond(jnp.any(shift != 0), lambda x: jnp.where(
+            _per_view(shift != 0), hue(x, shift), x), lambda x: x, x)
+    x = jnp.where(_per_view(params[..., GRAYSCALE] > 0), jnp.broadcast_to(gray(x), x.shape), x)
+    x = gaussian_blur(x, params[..., BLUR_SIGMA])
+    x = jnp.where(_per_view(params[..., SOLARIZE] > 0) & (x >= 128.0 / 255.0), 1.0 - x, x)
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    return (x - mean) / std
