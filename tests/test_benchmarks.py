@@ -40,3 +40,18 @@ def test_torch_reference_bench_tiny():
     (row,) = _run("torch_reference.py", "--model=vit_tiny", "--batch=8", "--steps=1")
     assert (row["framework"], row["stage"], row["batch"]) == ("pytorch", "finetune", 8)
     assert row["img_per_s"] > 0
+
+
+def test_pretrain_step_bench_tiny():
+    # uint8 views + drawn colour parameters: the colour augmentation runs inside the timed step
+    (row,) = _run("train_step.py", "--stage=pretrain", "--model=vit_tiny", "--batch=2",
+                  "--steps=1")
+    assert row["stage"] == "pretrain" and row["image_size"] == "2x256x128+8x128x64"
+    assert row["img_per_s"] > 0 and row["flops_per_step"] > 0
+
+
+def test_block_parts_bench_tiny():
+    rows = _run("block_parts.py", "--batch=1", "--reps=1", "--width=64", "--heads=2")
+    assert [r["part"] for r in rows][:3] == ["block fwd+bwd", "mlp fwd+bwd",
+                                             "attention core fwd+bwd"]
+    assert len(rows) == 7 and all(r["ms"] > 0 and r["gflop"] > 0 for r in rows)
