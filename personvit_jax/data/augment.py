@@ -144,10 +144,14 @@ def multicrop(img: Image.Image, rng: np.random.Generator, cfg) -> dict[str, np.n
          multicrop_view(img, rng, cfg.global_size, cfg.global_scale, 0.1, cfg.solarize_prob, cfg)]
     loc = [multicrop_view(img, rng, cfg.local_size, cfg.local_scale, 0.5, 0.0, cfg)
            for _ in range(cfg.num_local_crops)]
-    (g0, p0), (g1, p1) = g
-    out = {"global": np.stack([g0, g1]), "global_color": np.stack([p0, p1]),
-           "local": np.zeros((0, *cfg.local_size, 3), np.uint8),
-           "local_color": np.zeros((0, color_augment.NUM_PARAMS), np.float32)}
-    if loc:
-        out["local"], out["local_color"] = (np.stack(v) for v in zip(*loc))
-    return out
+    return {**_stack_views(g, "global", cfg.global_size),
+            **_stack_views(loc, "local", cfg.local_size)}
+
+
+def _stack_views(views, name: str, hw: Sequence[int]) -> dict[str, np.ndarray]:
+    """[(view [h, w, 3], params [P])] -> {name: [V, h, w, 3], name_color: [V, P]} (V may be 0)."""
+    if not views:
+        return {name: np.zeros((0, *hw, 3), np.uint8),
+                f"{name}_color": np.zeros((0, color_augment.NUM_PARAMS), np.float32)}
+    images, params = zip(*views)
+    return {name: np.stack(images), f"{name}_color": np.stack(params)}

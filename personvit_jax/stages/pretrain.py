@@ -189,7 +189,7 @@ def make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch:
             b, n_local = batch["global"].shape[0], batch["local"].shape[1]
             views = lambda k: crop_major(color_augment.apply(
                 batch[k], batch[f"{k}_color"], config.data.mean, config.data.std))
-            globals_, masks = views("global"), crop_major(batch["masks"])
+            globals_, locals_, masks = views("global"), views("local"), crop_major(batch["masks"])
             t = teacher.apply({"params": state["teacher"]}, globals_)
             t_cls = t["cls_logits"].reshape(2, b, -1)
             t_patch = t["patch_logits"].reshape(2, b, masks.shape[-1], -1)
@@ -199,7 +199,7 @@ def make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch:
                                    rngs={"dropout": rng_g})
                 s_cls = [sg["cls_logits"].reshape(2, b, -1)]
                 if n_local:
-                    sl = student.apply({"params": params}, views("local"),
+                    sl = student.apply({"params": params}, locals_,
                                        train=True, with_patches=False, rngs={"dropout": rng_l})
                     s_cls.append(sl["cls_logits"].reshape(n_local, b, -1))
                 cls_loss = losses.cls_distillation(jnp.concatenate(s_cls), t_cls,
