@@ -25,6 +25,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from personvit_jax.models.vit import Block, Mlp  # noqa: E402
+from train_step import compiled_flops, matmul_peak  # noqa: E402  (this folder)
+
+
+def report(name, dt, flops):
+    print(json.dumps({"part": name, "ms": round(dt * 1e3, 2), "gflop": round(flops / 1e9, 3),
+                      "gflop_per_s": round(flops / dt / 1e9, 1),
+                      "xla_flags": os.environ.get("XLA_FLAGS", "")}))
 
 
 def timed(name, fn, args, reps):
@@ -36,13 +43,7 @@ def timed(name, fn, args, reps):
         t = time.perf_counter()
         jax.block_until_ready(f(*args))
         times.append(time.perf_counter() - t)
-    cost = f.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    dt = statistics.median(times)
-    print(json.dumps({"part": name, "ms": round(dt * 1e3, 2), "gflop": round(flops / 1e9, 3),
-                      "gflop_per_s": round(flops / dt / 1e9, 1),
-                      "xla_flags": os.environ.get("XLA_FLAGS", "")}))
+    report(name, statistics.median(times), compiled_flops(f, *args))
 
 
 def grad_of(apply):
@@ -83,8 +84,8 @@ def main():
                            ("p v (bhqk,bhkd->bhqd)", "bhqk,bhkd->bhqd", (s, k)),
                            ("p^T dO (bhqk,bhqd->bhkd)", "bhqk,bhqd->bhkd", (s, q))):
         timed(name, lambda u, w, eq=eq: jnp.einsum(eq, u, w), args, a.reps)
-    m = jnp.asarray(rng.standard_normal((2048, 2048)), jnp.float32)
-    timed("matmul 2048^3 (peak)", lambda u: u @ u, (m,), a.reps)
+    peak = matmul_peak(reps=a.reps)  # the reference train_step.py divides by
+    report("matmul 2048^3 (peak)", 2 * 2048 ** 3 / peak, 2 * 2048 ** 3)
 
 
 if __name__ == "__main__":

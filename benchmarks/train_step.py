@@ -123,14 +123,19 @@ def bench_pretrain(args):
     return step, state, batch, _flops(step, state, batch), size
 
 
-def _flops(step, state, batch) -> float:
-    """FLOPs of one step over all devices, from XLA's cost analysis of the compiled program
-    (which counts one device's share of the partitioned program; with --remat it includes the
-    recomputed forward passes)."""
-    cost = step.lower(state, batch).compile().cost_analysis()
+def compiled_flops(jitted, *args) -> float:
+    """FLOPs of one call of a jitted function, from XLA's cost analysis of the compiled
+    program (one device's share when it is partitioned; nan if the backend gives none)."""
+    cost = jitted.lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    per_device = float(cost.get("flops", float("nan"))) if cost else float("nan")
-    return per_device * jax.tree.leaves(state)[0].sharding.mesh.devices.size
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def _flops(step, state, batch) -> float:
+    """FLOPs of one step over all devices (with --remat, including the recomputed forward
+    passes)."""
+    n_devices = jax.tree.leaves(state)[0].sharding.mesh.devices.size
+    return compiled_flops(step, state, batch) * n_devices
 
 
 def step_mesh(state):
