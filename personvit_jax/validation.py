@@ -124,6 +124,7 @@ def check_pretrain_config(cfg) -> None:
     for key in ("data.color_jitter.prob", "data.grayscale_prob", "data.solarize_prob",
                 "mask.masked_fraction"):
         _check_range(cfg, key, 0.0, 1.0)
+    _check_range(cfg, "data.color_jitter.channel_gain", 0.0, 1.0)  # std of a log gain
     k = cfg.mask
     if not (0 <= k.ratio - k.ratio_var and k.ratio + k.ratio_var < 1):
         _fail("mask.ratio", (k.ratio, k.ratio_var), "ratio +- ratio_var must lie in [0, 1)")

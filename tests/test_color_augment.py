@@ -29,7 +29,7 @@ def _params(**kw):
     for name, value in kw.items():
         p[{"brightness": ca.BRIGHTNESS, "contrast": ca.CONTRAST, "saturation": ca.SATURATION,
            "hue": ca.HUE, "grayscale": ca.GRAYSCALE, "blur": ca.BLUR_SIGMA,
-           "solarize": ca.SOLARIZE}[name]] = value
+           "solarize": ca.SOLARIZE, "gain": ca.GAIN}[name]] = value
     return p
 
 
@@ -129,3 +129,37 @@ def test_draw_params_statistics():
     assert ca.BLUR_SIGMA_RANGE[0] <= blur[blur > 0].min() and blur.max() <= ca.BLUR_SIGMA_RANGE[1]
     assert abs(p[:, ca.GRAYSCALE].mean() - 0.2) < 0.03
     assert abs(p[:, ca.SOLARIZE].mean() - 0.2) < 0.03
+
+
+def test_channel_gain_is_applied_first_and_clipped():
+    x = _image(5)
+    gains = np.array([1.6, 0.7, 1 / (1.6 * 0.7)])
+    cast = np.clip(x / 255.0 * gains, 0, 1)
+    assert (x / 255.0 * gains > 1).any()  # the clip matters
+    np.testing.assert_allclose(_apply01(x, _params(gain=gains)), cast, atol=2e-6)
+    # brightness (whatever its place in the jitter order) acts on the cast, clipped, image
+    np.testing.assert_allclose(_apply01(x, _params(gain=gains, brightness=0.5)), cast * 0.5,
+                               atol=2e-6)
+
+
+def test_draw_channel_gain_statistics_and_default_stream():
+    jitter = {"prob": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}
+    cfg = ml_collections.ConfigDict({"grayscale_prob": 0.2, "color_jitter": dict(
+        jitter, channel_gain=0.2)})
+    rng = np.random.default_rng(0)
+    p = np.stack([ca.draw_params(rng, cfg, 0.5, 0.2) for _ in range(4000)])
+    jittered = p[:, ca.BRIGHTNESS] != 1
+    log_gain = np.log(p[jittered][:, ca.GAIN])
+    np.testing.assert_allclose(log_gain.sum(1), 0, atol=1e-5)  # geometric mean 1: a pure cast
+    # N(0, s) minus the mean of the three: std s * sqrt(2 / 3) per channel
+    assert abs(log_gain.std() - 0.2 * np.sqrt(2 / 3)) < 0.01
+    np.testing.assert_array_equal(p[~jittered][:, ca.GAIN], 1)
+    # without the key (DINO's recipe) the gains stay 1 and every other draw is unchanged
+    plain = ml_collections.ConfigDict({"grayscale_prob": 0.2, "color_jitter": jitter})
+    off = ml_collections.ConfigDict({"grayscale_prob": 0.2, "color_jitter": dict(
+        jitter, channel_gain=0.0)})
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    for _ in range(50):
+        pa, pb = ca.draw_params(a, plain, 0.5, 0.2), ca.draw_params(b, off, 0.5, 0.2)
+        np.testing.assert_array_equal(pa, pb)
+        np.testing.assert_array_equal(pa[ca.GAIN], 1)

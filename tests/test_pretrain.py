@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_trees, tiny_finetune_config
-from personvit_jax.data import layouts, pipeline
+from personvit_jax.data import color_augment, layouts, pipeline
 from personvit_jax.stages import finetune, pretrain
 from personvit_jax.training.checkpointing import load_state_tree
 
@@ -37,7 +37,8 @@ def test_pretrain_batches_deterministic_and_process_independent(tiny_splits):
     b = one[0]
     assert b["global"].shape == (8, 2, 64, 32, 3) and b["local"].shape == (8, 3, 32, 16, 3)
     assert b["global"].dtype == b["local"].dtype == np.uint8  # colour ops run in the step
-    assert b["global_color"].shape == (8, 2, 11) and b["local_color"].shape == (8, 3, 11)
+    assert b["global_color"].shape == (8, 2, color_augment.NUM_PARAMS) and \
+        b["local_color"].shape == (8, 3, color_augment.NUM_PARAMS)
     assert b["masks"].shape == (8, 2, 32) and b["masks"].dtype == bool
     for s in range(3):
         for k in ("global", "local", "global_color", "local_color", "masks", "indices"):

@@ -196,6 +196,8 @@ def test_finetune_config_errors(override, match, tiny_data_dir, tmp_path):
     ({"head.patch_out_dim": 32}, r"a shared head needs patch_out_dim == out_dim \(64\)"),
     ({"data.batch_size": 4096}, r"data.batch_size=4096: larger than the \d+ pretraining images"),
     ({"mask.ratio": 0.9}, r"mask.ratio=\(0.9, 0.2\)"),
+    ({"data.color_jitter.channel_gain": -0.1},
+     r"data.color_jitter.channel_gain=-0.1: expected a value in \[0.0, 1.0\]"),
 ])
 def test_pretrain_config_errors(override, match, tiny_data_dir, tmp_path):
     with pytest.raises(ValueError, match=match):

@@ -11,6 +11,9 @@ Semantics (torchvision's tensor ops on [0, 1] floats, clipped after every operat
   brightness b: x * b;  contrast c: c * x + (1 - c) * mean(gray(x)) over the view;
   saturation s: s * x + (1 - s) * gray(x);  hue h: HSV hue shifted by h turns;
   gray(x) = 0.2989 R + 0.587 G + 0.114 B;  the four jitter ops in a random order (ColorJitter);
+  channel gain (not in DINO; a camera's white balance, off by default): x * g per channel, the
+  three gains log-normal with a geometric mean of 1 (a colour cast, not a brightness change),
+  applied first, as a camera would;
   grayscale: gray(x) in all three channels;  blur: Gaussian of std `sigma` pixels (PIL's
   GaussianBlur radius, as DINO), edge-replicated borders;  solarise: x >= 128/255 -> 1 - x.
 """
@@ -27,9 +30,11 @@ import numpy as np
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 ORDER = slice(4, 8)  # the jitter ops (indices 0-3 above) in the order they are applied
 GRAYSCALE, BLUR_SIGMA, SOLARIZE = 8, 9, 10
-NUM_PARAMS = 11
-# A view left unchanged: factors 1, no hue shift, any order, no grayscale / blur / solarise.
-IDENTITY = np.array([1, 1, 1, 0, 0, 1, 2, 3, 0, 0, 0], np.float32)
+GAIN = slice(11, 14)  # per-channel (R, G, B) gains
+NUM_PARAMS = 14
+# A view left unchanged: factors 1, no hue shift, any order, no grayscale / blur / solarise,
+# gains 1.
+IDENTITY = np.array([1, 1, 1, 0, 0, 1, 2, 3, 0, 0, 0, 1, 1, 1], np.float32)
 
 BLUR_SIGMA_RANGE = (0.1, 2.0)  # DINO's GaussianBlur radius range
 BLUR_RADIUS = 6  # kernel half-width: 3 x the largest sigma
@@ -45,7 +50,8 @@ def draw_params(rng: np.random.Generator, cfg, blur_prob: float,
                 solarize_prob: float) -> np.ndarray:
     """One view's colour parameters [NUM_PARAMS] float32, in DINO's order of decisions: colour
     jitter with probability cfg.color_jitter.prob (factors uniform in [1 - x, 1 + x], hue shift
-    in [-hue, hue], random order), grayscale (cfg.grayscale_prob), blur (`blur_prob`, sigma in
+    in [-hue, hue], random order; channel gains exp(N(0, channel_gain)) over their geometric
+    mean, if cfg.color_jitter.channel_gain is set), grayscale (cfg.grayscale_prob), blur (`blur_prob`, sigma in
     BLUR_SIGMA_RANGE), solarisation (`solarize_prob`)."""
     p = IDENTITY.copy()
     cj = cfg.color_jitter
@@ -57,6 +63,9 @@ def draw_params(rng: np.random.Generator, cfg, blur_prob: float,
                 p[i] = rng.uniform(max(0.0, 1 - x), 1 + x)
         if cj.hue:
             p[HUE] = rng.uniform(-cj.hue, cj.hue)
+        if cj.get("channel_gain", 0.0):
+            log_gain = rng.normal(0.0, cj.channel_gain, 3)
+            p[GAIN] = np.exp(log_gain - log_gain.mean())
     if rng.random() < cfg.grayscale_prob:
         p[GRAYSCALE] = 1
     if rng.random() < blur_prob:
@@ -130,10 +139,11 @@ def gaussian_blur(x: jax.Array, sigma: jax.Array) -> jax.Array:
 def apply(views_uint8: jax.Array, params: jax.Array, mean: Sequence[float],
           std: Sequence[float]) -> jax.Array:
     """uint8 views [..., H, W, 3] and their parameters [..., NUM_PARAMS] -> normalised float32
-    views [..., H, W, 3]: colour jitter (ops in the drawn order) -> grayscale -> blur ->
+    views [..., H, W, 3]: channel gains -> colour jitter (ops in the drawn order) -> grayscale -> blur ->
     solarise -> (x - mean) / std."""
     x = views_uint8.astype(jnp.float32) / 255.0
     params = params.astype(jnp.float32)
+    x = jnp.clip(x * params[..., None, None, GAIN], 0.0, 1.0)
     order = params[..., ORDER].astype(jnp.int32)
     for position in range(4):
         op = order[..., position]
