@@ -51,8 +51,8 @@ def draw_params(rng: np.random.Generator, cfg, blur_prob: float,
     """One view's colour parameters [NUM_PARAMS] float32, in DINO's order of decisions: colour
     jitter with probability cfg.color_jitter.prob (factors uniform in [1 - x, 1 + x], hue shift
     in [-hue, hue], random order; channel gains exp(N(0, channel_gain)) over their geometric
-    mean, if cfg.color_jitter.channel_gain is set), grayscale (cfg.grayscale_prob), blur (`blur_prob`, sigma in
-    BLUR_SIGMA_RANGE), solarisation (`solarize_prob`)."""
+    mean, if cfg.color_jitter.channel_gain is set), grayscale (cfg.grayscale_prob), blur
+    (`blur_prob`, sigma in BLUR_SIGMA_RANGE), solarisation (`solarize_prob`)."""
     p = IDENTITY.copy()
     cj = cfg.color_jitter
     if rng.random() < cj.prob:
@@ -139,8 +139,8 @@ def gaussian_blur(x: jax.Array, sigma: jax.Array) -> jax.Array:
 def apply(views_uint8: jax.Array, params: jax.Array, mean: Sequence[float],
           std: Sequence[float]) -> jax.Array:
     """uint8 views [..., H, W, 3] and their parameters [..., NUM_PARAMS] -> normalised float32
-    views [..., H, W, 3]: channel gains -> colour jitter (ops in the drawn order) -> grayscale -> blur ->
-    solarise -> (x - mean) / std."""
+    views [..., H, W, 3]: channel gains -> colour jitter (ops in the drawn order) -> grayscale
+    -> blur -> solarise -> (x - mean) / std."""
     x = views_uint8.astype(jnp.float32) / 255.0
     params = params.astype(jnp.float32)
     x = jnp.clip(x * params[..., None, None, GAIN], 0.0, 1.0)
