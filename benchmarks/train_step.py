@@ -102,12 +102,11 @@ def bench_pretrain(args):
     teacher = pretrain_model_from_config(config, student=False)
     params = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0),
                                                  jnp.zeros((1, h, w, 3)))["params"])
-    tx, schedules = optim.make_pretrain_optimizer(config.optim, params, args.batch, 1000)
+    tx, schedules = pretrain.make_optimizer(config, params, args.batch, 1000)
     state, state_sh = sharding.init_sharded(
         lambda: pretrain.init_pretrain_state(student, tx, config), mesh, config.mesh)
     step = sharding.jit_train_step(
-        pretrain.make_pretrain_step(student, teacher, tx, schedules, config, 1000), state_sh,
-        mesh)
+        pretrain.make_pretrain_step(student, teacher, tx, schedules, config), state_sh, mesh)
     rng = np.random.default_rng(0)
     n = grid_size(d.global_size, config.model.patch_size, config.model.patch_stride)
     # uint8 views and colour parameters drawn as the pipeline draws them (the colour

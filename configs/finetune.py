@@ -77,6 +77,7 @@ def get_config(arg=None):
     m.patch_stride = 16  # patch stride; < patch_size gives TransReID's overlapping patches (12)
     m.pos_grid = (16, 8)  # grid of the stored position embedding (256x128 / 16); resized if the
     #                       input grid differs
+    m.pos_interp = "bilinear"  # how it is resized: bilinear as TransReID / PersonViT
     m.drop_path_rate = 0.1  # stochastic depth at the last block (linear from 0 over depth)
     m.sie = False  # TransReID side-information (camera) embedding
     m.jpm = False  # TransReID jigsaw patch module (4 local branches); PersonViT keeps it off

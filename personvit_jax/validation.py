@@ -128,6 +128,11 @@ def check_pretrain_config(cfg) -> None:
     k = cfg.mask
     if not (0 <= k.ratio - k.ratio_var and k.ratio + k.ratio_var < 1):
         _fail("mask.ratio", (k.ratio, k.ratio_var), "ratio +- ratio_var must lie in [0, 1)")
+    if k.start_epoch < 0 or k.min_block < 0:
+        _fail("mask.start_epoch" if k.start_epoch < 0 else "mask.min_block",
+              k.start_epoch if k.start_epoch < 0 else k.min_block, "expected >= 0")
+    _check_choice(cfg, "optim.clip_mode", ("per_tensor", "global_norm"))
+    _check_choice(cfg, "model.pos_interp", ("bicubic", "bilinear"))
     if cfg.head.shared_head and cfg.head.out_dim != cfg.head.patch_out_dim:
         _fail("head.patch_out_dim", cfg.head.patch_out_dim,
               f"a shared head needs patch_out_dim == out_dim ({cfg.head.out_dim})")

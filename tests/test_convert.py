@@ -165,3 +165,30 @@ def test_finetune_init_from_converted(tmp_path, tiny_config):
     finetune.train(config, workdir)
     trained = checkpointing.load_state_tree(workdir)["params"]["backbone"]
     jax.tree.map(np.testing.assert_array_equal, trained, checkpointing.pretrained_backbone(out))
+
+
+def _head_sd(g):
+    rng = np.random.default_rng(0)
+    sd = {f"mlp.{i}.{leaf}": rng.normal(size=shape[leaf]).astype(np.float32)
+          for i, shape in ((0, {"weight": (8, 4), "bias": (8,)}), (2, {"weight": (6, 8),
+                                                                          "bias": (6,)}))
+          for leaf in ("weight", "bias")}
+    sd["last_layer.weight_v"] = rng.normal(size=(5, 6)).astype(np.float32)
+    sd["last_layer.weight_g"] = g
+    return sd
+
+
+@pytest.mark.parametrize("args,learned", [
+    ({"norm_last_layer": False}, True),  # iBOT ViT-S: learned, yet exactly 1 after epoch 1
+    ({"norm_last_layer": True}, False),  # iBOT ViT-B / DINO: fixed at 1
+    ({}, False),  # no args: g = 1 everywhere is taken for fixed
+])
+def test_head_norm_learned_from_training_args_not_values(args, learned):
+    flat, log = {}, []
+    cfg = conv.map_head(_head_sd(np.ones((5, 1), np.float32)), ("teacher", "head"), flat, log,
+                        args)
+    assert cfg["norm_last_layer"] == (not learned)
+    assert (("teacher", "head", "last_layer", "weight_g") in flat) == learned
+    # values that are not 1 say "learned" only when the args are silent
+    cfg = conv.map_head(_head_sd(np.full((5, 1), 2.0, np.float32)), ("t",), {}, [], args)
+    assert cfg["norm_last_layer"] == (not learned if args else False)

@@ -4,7 +4,8 @@ import numpy as np
 
 import math
 
-from personvit_jax.data.masking import _add_block, block_mask, draw_mask_ratio, image_mask
+from personvit_jax.data.masking import (_add_block, block_mask, draw_mask_ratio, ibot_min_block,
+                                        image_mask)
 
 
 def test_block_mask_count_and_blocks():
@@ -21,15 +22,17 @@ def test_block_mask_count_and_blocks():
 def test_blocks_are_rectangles_with_bounded_size_and_aspect():
     rng = np.random.default_rng(1)
     log_aspect = (math.log(0.3), math.log(1 / 0.3))
-    aspects = []
+    aspects, sizes = [], []
     for _ in range(500):
         m = np.zeros((16, 8), bool)
         added = _add_block(m, rng, max_new=40, min_block=4, log_aspect=log_aspect)
         ys, xs = np.nonzero(m)
         h, w = np.ptp(ys) + 1, np.ptp(xs) + 1
         assert added == m.sum() == h * w, "one block is a filled rectangle"
-        assert 4 <= added <= 40
+        assert 1 <= added <= 40  # target area >= 4; rounding h and w can give less (as iBOT)
         aspects.append(h / w)
+        sizes.append(added)
+    assert np.mean(np.array(sizes) >= 4) > 0.9
     # h = round(sqrt(area * a)), w = round(sqrt(area / a)): rounding widens (0.3, 3.3) a bit
     assert 0.3 / 2 <= min(aspects) and max(aspects) <= 2 / 0.3
     assert min(aspects) < 0.5 and max(aspects) > 2  # both orientations occur
@@ -53,3 +56,16 @@ def test_deterministic_given_rng():
     b = image_mask((16, 8), np.random.default_rng(7), masked_fraction=1.0)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (128,)
+
+
+def test_ibot_rules_float_target_and_min_block():
+    """iBOT masks until at least ratio x N patches (a float target, never more), and its
+    smallest target block area is (min(gh, gw) // 3) ** 2."""
+    assert ibot_min_block((16, 8)) == 4 and ibot_min_block((8, 4)) == 1
+    assert ibot_min_block((14, 14)) == 16
+    rng = np.random.default_rng(3)
+    counts = [block_mask((16, 8), 38.4, rng).sum() for _ in range(200)]
+    assert max(counts) <= 38  # never above the target ...
+    assert np.mean(np.array(counts) >= 36) > 0.5  # ... and mostly close to it
+    # a tiny target on the 8x4 grid (min block 1) is reachable exactly
+    assert all(block_mask((8, 4), 1.0, rng).sum() == 1 for _ in range(20))

@@ -9,7 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from personvit_jax.training.optim import finetune_lr_schedule, make_finetune_optimizer, warmup_cosine
+from personvit_jax.training.optim import (clip_per_tensor, finetune_lr_schedule,
+                                          make_finetune_optimizer, pretrain_schedules,
+                                          warmup_cosine)
 
 
 def _optim_cfg(**kw):
@@ -84,3 +86,49 @@ def test_adamw_decays_matrices_only_and_rejects_unknown():
     assert float(jnp.abs(upd["bias"]).max()) == 0 and float(jnp.abs(upd["scale"]).max()) == 0
     with pytest.raises(ValueError, match="'lamb'"):
         make_finetune_optimizer(_optim_cfg(name="lamb"), 1)
+
+
+def _cosine_scheduler(base, final, epochs, niter, warmup_epochs=0, start=0.0):
+    """iBOT / DINO utils.cosine_scheduler, per iteration (reference)."""
+    w = warmup_epochs * niter
+    warm = np.linspace(start, base, w) if warmup_epochs > 0 else np.array([])
+    iters = np.arange(epochs * niter - w)
+    return np.concatenate([warm, final + 0.5 * (base - final) *
+                           (1 + np.cos(np.pi * iters / len(iters)))])
+
+
+@pytest.mark.parametrize("epochs,spe,warmup,temp_warmup,mim_start", [
+    (300, 7, 10, 30, 0), (12, 5, 3, 4, 2), (6, 3, 1, 1, 0)])
+def test_pretrain_schedules_are_ibots(epochs, spe, warmup, temp_warmup, mim_start):
+    """Every value of a whole run against iBOT's arrays: LR warm-up np.linspace(0, peak, W)
+    (peak at W - 1), cosine after it; weight decay and momentum cosine; teacher temperatures per
+    epoch, the patch one shifted by pred_start_epoch (iBOTLoss with mim_start_epoch)."""
+    o = ml_collections.ConfigDict(dict(base_lr=5e-4, min_lr=1e-6, epochs=epochs,
+                                       warmup_epochs=warmup, weight_decay=0.04,
+                                       weight_decay_end=0.4, ema_momentum=0.996,
+                                       ema_momentum_end=1.0))
+    l = ml_collections.ConfigDict(dict(warmup_teacher_temp=0.04, teacher_temp=0.07,
+                                       warmup_teacher_patch_temp=0.03, teacher_patch_temp=0.06,
+                                       warmup_teacher_temp_epochs=temp_warmup))
+    sched = pretrain_schedules(o, l, mim_start, batch_size=64, steps_per_epoch=spe)
+    steps = np.arange(epochs * spe)
+    ref = {"lr": _cosine_scheduler(5e-4 * 64 / 256, 1e-6, epochs, spe, warmup),
+           "weight_decay": _cosine_scheduler(0.04, 0.4, epochs, spe),
+           "ema_momentum": _cosine_scheduler(0.996, 1.0, epochs, spe)}
+    temp = np.concatenate([np.linspace(0.04, 0.07, temp_warmup),
+                           np.ones(epochs - temp_warmup) * 0.07])
+    temp2 = np.concatenate([np.ones(mim_start) * 0.03, np.linspace(0.03, 0.06, temp_warmup),
+                            np.ones(epochs - temp_warmup - mim_start) * 0.06])
+    ref["teacher_temp"], ref["teacher_patch_temp"] = temp[steps // spe], temp2[steps // spe]
+    for name, values in ref.items():
+        np.testing.assert_allclose(np.asarray(sched[name](steps)), values, rtol=2e-6,
+                                   atol=1e-12, err_msg=name)
+
+
+def test_clip_per_tensor_is_ibots():
+    """utils.clip_gradients: each tensor scaled by clip / (norm + 1e-6) when that is < 1."""
+    g = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.3, 0.4]), "c": jnp.zeros(3)}
+    out, _ = clip_per_tensor(1.0).update(g, optax.EmptyState())
+    np.testing.assert_allclose(out["a"], np.array([3.0, 4.0]) / (5.0 + 1e-6), rtol=1e-7)
+    np.testing.assert_array_equal(out["b"], g["b"])  # norm 0.5: untouched
+    np.testing.assert_array_equal(out["c"], g["c"])

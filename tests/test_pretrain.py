@@ -25,7 +25,7 @@ def _aug(**kw):
 
 
 MASK = ml_collections.ConfigDict({"ratio": 0.3, "ratio_var": 0.2, "masked_fraction": 0.5,
-                                  "min_block": 2, "min_aspect": 0.3})
+                                  "min_block": 0, "min_aspect": 0.3, "start_epoch": 0})
 
 
 def test_pretrain_batches_deterministic_and_process_independent(tiny_splits):
@@ -51,6 +51,17 @@ def test_pretrain_batches_deterministic_and_process_independent(tiny_splits):
                                                         slice(None)).batch_indices(s)
                            for s in range(spe)])
     assert len(set(seen)) == len(seen) == spe * 8
+
+
+def test_no_masks_before_mask_start_epoch(tiny_splits):
+    """iBOT's pred_start_epoch: every student crop unmasked in the epochs before it."""
+    paths = tiny_splits["train"].paths
+    mask = ml_collections.ConfigDict(dict(MASK, start_epoch=1, masked_fraction=1.0))
+    loader = pipeline.PretrainBatchLoader(paths, _aug(num_local_crops=0), mask, (8, 4), 8, 0,
+                                          slice(None))
+    spe = loader.steps_per_epoch
+    assert not any(loader(s)["masks"].any() for s in range(spe))
+    assert all(loader(s)["masks"].any(axis=-1).all() for s in range(spe, spe + 2))
 
 
 def test_image_folder_index_cached_and_errors(tmp_path, tiny_splits):

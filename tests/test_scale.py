@@ -78,11 +78,11 @@ def _pretrain_setup(over):
     h, w = cfg.data.global_size
     abstract = jax.eval_shape(lambda: student.init(jax.random.PRNGKey(0),
                                                    jnp.zeros((1, h, w, 3)))["params"])
-    tx, schedules = optim.make_pretrain_optimizer(cfg.optim, abstract, cfg.data.batch_size, 4)
+    tx, schedules = pretrain.make_optimizer(cfg, abstract, cfg.data.batch_size, 4)
     init_fn = lambda: pretrain.init_pretrain_state(student, tx, cfg)
     _, state_sh = sharding.init_sharded(init_fn, mesh, cfg.mesh)
     step = sharding.jit_train_step(
-        pretrain.make_pretrain_step(student, teacher, tx, schedules, cfg, 4), state_sh, mesh)
+        pretrain.make_pretrain_step(student, teacher, tx, schedules, cfg), state_sh, mesh)
     return cfg, mesh, jax.jit(init_fn, out_shardings=state_sh), step
 
 

@@ -202,13 +202,15 @@ class PretrainBatchLoader:
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         idx = self.batch_indices(step)
         m = self.mask_cfg
+        # No masked prediction before epoch mask.start_epoch (iBOT's pred_start_epoch).
+        ratio = m.ratio if step // self.steps_per_epoch >= m.start_epoch else 0.0
         views, masks = [], []
         for pos in np.arange(len(idx))[self.local]:
             rng = np.random.default_rng([self.seed, step, pos, 3])
             views.append(augment.multicrop(self.images.image(idx[pos]), rng, self.aug_cfg))
-            masks.append(np.stack([
-                image_mask(self.mask_grid, rng, m.ratio, m.ratio_var, m.masked_fraction,
-                           m.min_block, m.min_aspect) for _ in range(2)]))
+            masks.append(np.stack([  # one ratio draw per crop, as iBOT's get_pred_ratio
+                image_mask(self.mask_grid, rng, ratio, m.ratio_var if ratio else 0.0,
+                           m.masked_fraction, m.min_block, m.min_aspect) for _ in range(2)]))
         batch = {k: np.stack([v[k] for v in views]) for k in views[0]}
         return dict(batch, masks=np.stack(masks), indices=idx[self.local].astype(np.int32))
 

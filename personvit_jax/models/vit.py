@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # width, depth, heads of the standard sizes (MLP ratio 4 for all).
 VIT_SIZES = {
@@ -41,17 +42,47 @@ def grid_size(image_hw: Sequence[int], patch_size: int, stride: int) -> tuple[in
     return (h - patch_size) // stride + 1, (w - patch_size) // stride + 1
 
 
-def resize_pos_embed(pos_grid_hwd: jax.Array, new_hw: Sequence[int]) -> jax.Array:
-    """Bilinearly resizes a [gh, gw, D] position-embedding grid to [new_h, new_w, D].
+def resize_pos_embed(pos_grid_hwd: jax.Array, new_hw: Sequence[int],
+                     method: str = "bilinear") -> jax.Array:
+    """Resizes a [gh, gw, D] position-embedding grid to [new_h, new_w, D].
 
-    No antialiasing and half-pixel centres: the same numbers as PyTorch's
-    `F.interpolate(mode="bilinear", align_corners=False)` that TransReID / PersonViT use, so a
-    converted checkpoint evaluated at another grid gives the original's features.
+    bilinear: no antialiasing and half-pixel centres, the same numbers as PyTorch's
+      `F.interpolate(size=new_hw, mode="bilinear", align_corners=False)` that TransReID /
+      PersonViT use, so a converted checkpoint evaluated at another grid gives the original's
+      features.
+    bicubic: iBOT/DINO's `interpolate_pos_encoding` for pretraining crops of another size:
+      `F.interpolate(scale_factor=(new + 0.1) / old, mode="bicubic")` per axis (their +0.1
+      guards the output size against rounding down; the kernel samples at that scale).
     """
     if tuple(pos_grid_hwd.shape[:2]) == tuple(new_hw):
         return pos_grid_hwd
+    if method == "bicubic":
+        (gh, gw), (nh, nw) = pos_grid_hwd.shape[:2], new_hw
+        rows = jnp.asarray(_torch_bicubic_matrix(gh, nh, (nh + 0.1) / gh), pos_grid_hwd.dtype)
+        cols = jnp.asarray(_torch_bicubic_matrix(gw, nw, (nw + 0.1) / gw), pos_grid_hwd.dtype)
+        return jnp.einsum("oh,hwd,pw->opd", rows, pos_grid_hwd, cols)
+    if method != "bilinear":
+        raise ValueError(f"position-embedding interpolation {method!r}: expected 'bilinear' or "
+                         f"'bicubic'")
     new_shape = (int(new_hw[0]), int(new_hw[1]), pos_grid_hwd.shape[-1])
     return jax.image.resize(pos_grid_hwd, new_shape, method="bilinear", antialias=False)
+
+
+def _torch_bicubic_matrix(in_size: int, out_size: int, scale: float) -> np.ndarray:
+    """[out, in] float64 weights of PyTorch's bicubic upsampling along one axis (cubic
+    convolution with A = -0.75, align_corners=False, source x = (o + 0.5) / scale - 0.5,
+    neighbour indices clamped to the border)."""
+    a = -0.75
+    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # |x| <= 1
+    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # 1 < |x| < 2
+    m = np.zeros((out_size, in_size))
+    for o in range(out_size):
+        x = (o + 0.5) / scale - 0.5
+        i = min(int(np.floor(x)), in_size - 1)
+        t = min(max(x - i, 0.0), 1.0)
+        for k, w in zip((-1, 0, 1, 2), (far(t + 1), near(t), near(1 - t), far(2 - t))):
+            m[o, min(max(i + k, 0), in_size - 1)] += w
+    return m
 
 
 class PatchEmbed(nn.Module):
@@ -172,7 +203,8 @@ class ViT(nn.Module):
 
     Attributes:
       pos_grid: the patch grid (rows, cols) the position embedding is stored for; inputs with
-        another grid (other resolution or stride) get a bilinearly resized copy.
+        another grid (other resolution or stride) get a resized copy (`resize_pos_embed` with
+        `pos_interp`: bilinear as TransReID, or bicubic as iBOT's pretraining).
       use_mask_token: adds a learned `mask_token` that replaces masked patch embeddings (iBOT).
       num_cameras: > 0 adds TransReID's side-information embedding (SIE) per camera, scaled by
         `sie_coef` and added to every token.
@@ -186,6 +218,7 @@ class ViT(nn.Module):
     patch_size: int = 16
     patch_stride: int = 16
     pos_grid: Sequence[int] = (16, 8)
+    pos_interp: str = "bilinear"
     drop_path_rate: float = 0.0
     use_mask_token: bool = False
     num_cameras: int = 0
@@ -212,7 +245,8 @@ class ViT(nn.Module):
 
         cls_token = self.param("cls_token", _dense_init, (1, 1, d))
         pos = self.param("pos_embed", _dense_init, (1, 1 + self.pos_grid[0] * self.pos_grid[1], d))
-        pos_patches = resize_pos_embed(pos[0, 1:].reshape(*self.pos_grid, d), (gh, gw))
+        pos_patches = resize_pos_embed(pos[0, 1:].reshape(*self.pos_grid, d), (gh, gw),
+                                       self.pos_interp)
         x = jnp.concatenate([jnp.broadcast_to(cls_token, (b, 1, d)), x], axis=1)
         x = x + jnp.concatenate([pos[:, :1], pos_patches.reshape(1, gh * gw, d)], axis=1)
 
@@ -250,6 +284,7 @@ def vit_from_config(model_cfg, **overrides) -> ViT:
         patch_size=model_cfg.patch_size,
         patch_stride=model_cfg.patch_stride,
         pos_grid=tuple(model_cfg.pos_grid),
+        pos_interp=model_cfg.get("pos_interp", "bilinear"),  # absent in configs saved before it
         drop_path_rate=model_cfg.drop_path_rate,
         remat=model_cfg.get("remat", False),
         dtype=jnp.bfloat16 if model_cfg.get("compute_dtype", "float32") == "bfloat16" else jnp.float32,

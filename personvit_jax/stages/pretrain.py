@@ -67,8 +67,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     h, w = config.data.global_size
     abstract_params = jax.eval_shape(
         lambda: student.init(jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3)))["params"])
-    tx, schedules = optim.make_pretrain_optimizer(config.optim, abstract_params, batch_size,
-                                                  steps_per_epoch)
+    tx, schedules = make_optimizer(config, abstract_params, batch_size, steps_per_epoch)
 
     # ------------------------------------------------------------------ train state
     # Student, teacher and optimizer state replicated or FSDP-sharded by sharding.STATE_RULES.
@@ -77,7 +76,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ steps
     train_step = sharding.jit_train_step(
-        make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch), state_sh,
+        make_pretrain_step(student, teacher, tx, schedules, config), state_sh,
         mesh)
 
     @functools.partial(jax.jit, in_shardings=(state_sh["teacher"], batch_sh, batch_sh),
@@ -158,29 +157,38 @@ def init_pretrain_state(student, tx, config) -> dict:
             "rng": jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)}
 
 
-def _is_last_layer(path) -> bool:
-    return any(getattr(p, "key", None) in ("last_layer", "last_layer_patch") for p in path)
+def make_optimizer(config, params, batch_size: int, steps_per_epoch: int):
+    """(tx, schedules): iBOT's AdamW with its schedules, the head's last layer frozen for
+    `config.head.freeze_last_layer_epochs`. `params` may be abstract (shapes only)."""
+    schedules = optim.pretrain_schedules(config.optim, config.loss, config.mask.start_epoch,
+                                         batch_size, steps_per_epoch)
+    tx = optim.make_pretrain_optimizer(config.optim, params, schedules, last_layer_mask(params),
+                                       config.head.freeze_last_layer_epochs * steps_per_epoch)
+    return tx, schedules
 
 
-def make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch: int):
+def last_layer_mask(params):
+    """True on the head's last layer(s), which iBOT keeps frozen for the first epoch(s)."""
+    is_last = lambda path: any(getattr(p, "key", None) in ("last_layer", "last_layer_patch")
+                               for p in path)
+    return jax.tree_util.tree_map_with_path(lambda path, _: is_last(path), params)
+
+
+def make_pretrain_step(student, teacher, tx, schedules, config):
     """(state, batch) -> (state, metrics), unjitted. batch: uint8 views global [B, 2, H, W, 3],
     local [B, L, h, w, 3] and their colour parameters global_color [B, 2, P], local_color
     [B, L, P] (`data.color_augment`, applied here), masks [B, 2, N] (True = masked for the
     student)."""
     l = config.loss
-    temp = lambda e, final: optim.warmup_cosine(
-        e, base=final, total=config.optim.epochs, warmup=l.warmup_teacher_temp_epochs,
-        warmup_start=l.warmup_teacher_temp, final=final)
 
     def crop_major(x):  # [B, C, ...] -> [C * B, ...]: crop c of every image is contiguous
         return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
 
-    accum_steps = config.optim.get("accum_steps", 1)
+    accum_steps = config.optim.accum_steps
 
     def train_step(state, batch):
         step = state["step"]
-        epoch = step // steps_per_epoch
-        t_temp, tp_temp = temp(epoch, l.teacher_temp), temp(epoch, l.teacher_patch_temp)
+        t_temp, tp_temp = schedules["teacher_temp"](step), schedules["teacher_patch_temp"](step)
 
         def grad_fn(params, carry, batch, rng):
             """Gradient and metrics of one (micro-)batch, with the teacher's mean outputs [K]
@@ -223,12 +231,8 @@ def make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch:
             grad_fn, state["student"], None, batch, jax.random.fold_in(state["rng"], step),
             accum_steps)
         t_cls_mean, t_patch_mean = metrics.pop("teacher_cls_mean"), metrics.pop("teacher_patch_mean")
-        # The head's last layer stays fixed during the first epoch(s) (DINO: stabilises start).
-        frozen = epoch < config.head.freeze_last_layer_epochs
-        keep = lambda path, g: jnp.where(frozen & _is_last_layer(path), 0.0, g)
-        grads = jax.tree_util.tree_map_with_path(keep, grads)
+        # Clipping, AdamW and the frozen last layer of the first epoch(s): all in `tx`.
         updates, opt_state = tx.update(grads, state["opt_state"], state["student"])
-        updates = jax.tree_util.tree_map_with_path(keep, updates)
         params = jax.tree.map(jnp.add, state["student"], updates)
         m = schedules["ema_momentum"](step)
         teacher_params = jax.tree.map(lambda tp, sp: m * tp + (1.0 - m) * sp,
@@ -239,7 +243,8 @@ def make_pretrain_step(student, teacher, tx, schedules, config, steps_per_epoch:
             center_patch=losses.update_center(state["center_patch"], t_patch_mean[None],
                                               l.center_momentum))
         metrics.update(lr=schedules["lr"](step), weight_decay=schedules["weight_decay"](step),
-                       ema_momentum=m, teacher_temp=t_temp, grad_norm=optax.tree.norm(grads))
+                       ema_momentum=m, teacher_temp=t_temp, teacher_patch_temp=tp_temp,
+                       grad_norm=optax.tree.norm(grads))
         return loop.guard_nonfinite(state, new_state, metrics)
 
     return train_step

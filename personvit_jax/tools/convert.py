@@ -243,12 +243,16 @@ def map_module(sd: dict, src_prefix: str, dst: tuple, flat: Flat, log_map: list)
         log_map.append((src_prefix + name, "/".join(dst + path), sd[name].shape))
 
 
-def map_head(head_sd: dict, dst: tuple, flat: Flat, log_map: list) -> dict:
+def map_head(head_sd: dict, dst: tuple, flat: Flat, log_map: list,
+             args: Optional[dict] = None) -> dict:
     """iBOT / DINO projection head -> IBOTHead params; returns its hyper-parameters.
 
     `mlp.{0,2,4}` (Linear, GELU between) -> mlp_{0,1,2}; weight-normed `last_layer` (g [out, 1],
     v [out, in]) -> weight_g [1, out], weight_v [in, out]; iBOT's `last_layer2` is the patch
-    head's last layer, the same module (shared head) when its values equal last_layer's."""
+    head's last layer, the same module (shared head) when its values equal last_layer's.
+    Whether g is learned comes from the training args (`norm_last_layer`) when they say it: a
+    learned g is still exactly 1 after iBOT's frozen first epoch, so its values cannot tell;
+    without args, g = 1 everywhere is taken for a fixed g."""
     linear_ids = sorted({int(m.group(1)) for k in head_sd
                          for m in [re.match(r"mlp\.(\d+)\.weight", k)] if m})
     if not linear_ids or "last_layer.weight_v" not in head_sd:
@@ -264,7 +268,13 @@ def map_head(head_sd: dict, dst: tuple, flat: Flat, log_map: list) -> dict:
         np.array_equal(head_sd[f"last_layer2.{x}"], head_sd[f"last_layer.{x}"])
         for x in ("weight_v", "weight_g") if f"last_layer.{x}" in head_sd)
     g = head_sd.get("last_layer.weight_g")
-    learn_norm = g is not None and not np.allclose(g, 1.0)  # g fixed at 1 = norm_last_layer
+    if "norm_last_layer" in (args or {}):
+        learn_norm = not bool(args["norm_last_layer"])
+        if learn_norm and g is None:
+            raise ValueError("args.norm_last_layer=False but the head has no "
+                             "last_layer.weight_g to learn")
+    else:
+        learn_norm = g is not None and not np.allclose(g, 1.0)  # g fixed at 1 = norm_last_layer
     for src, dst_name in (("last_layer", "last_layer"), ("last_layer2", "last_layer_patch")):
         if src == "last_layer2" and shared:
             continue
@@ -484,7 +494,8 @@ def convert(input_path: str, output_dir: str, *, fmt: str = "auto", which: str =
             keep.pop("masked_embed", None)
         map_module(keep, prefix, owner, flat, mapped)
         if heads:
-            head_cfg = map_head(split_prefix(rest, "head.")[0], ("teacher", "head"), flat, mapped)
+            head_cfg = map_head(split_prefix(rest, "head.")[0], ("teacher", "head"), flat, mapped,
+                                args)
             log(f"  head: {head_cfg}")
     if vit["num_cameras"]:
         if not dataset or layouts.num_cameras(dataset) != vit["num_cameras"]:

@@ -10,16 +10,19 @@ import optax
 
 
 def warmup_cosine(t, *, base: float, total: float, warmup: float, warmup_start: float,
-                  final: float, cosine_after_warmup: bool = False):
-    """Linear warm-up from `warmup_start` to `base` over t in [0, warmup], then cosine from
-    `base` to `final` at t = total.
+                  final: float, cosine_after_warmup: bool = False, linspace_warmup: bool = False):
+    """Linear warm-up from `warmup_start` to `base`, then cosine from `base` to `final` at
+    t = total.
 
-    The cosine clock starts at t = 0 (timm's CosineLRScheduler, used for fine-tuning) or, with
+    The ramp reaches `base` at t = warmup (timm), or with `linspace_warmup` at t = warmup - 1,
+    as DINO/iBOT's `np.linspace(start, base, warmup)` (e.g. warmup 3: start, mid, base). The
+    cosine clock starts at t = 0 (timm's CosineLRScheduler, used for fine-tuning) or, with
     `cosine_after_warmup`, at t = warmup (DINO/iBOT's cosine_scheduler). `t` is in any unit
     (epochs, steps); scalar or array.
     """
     t = jnp.asarray(t, jnp.float32)
-    ramp = warmup_start + t * (base - warmup_start) / max(warmup, 1e-12)
+    span = max(warmup - 1, 1) if linspace_warmup else max(warmup, 1e-12)
+    ramp = warmup_start + jnp.minimum(t / span, 1.0) * (base - warmup_start)
     start = warmup if cosine_after_warmup else 0.0
     frac = jnp.clip((t - start) / max(total - start, 1e-12), 0.0, 1.0)
     cos = final + 0.5 * (base - final) * (1.0 + jnp.cos(math.pi * frac))
@@ -100,28 +103,87 @@ def add_scheduled_weight_decay(schedule: optax.Schedule, mask) -> optax.Gradient
     return optax.GradientTransformation(init, update)
 
 
-def make_pretrain_optimizer(optim_cfg, params, batch_size: int, steps_per_epoch: int):
-    """iBOT AdamW: LR = base_lr x batch / 256 with linear warm-up from 0 then cosine to min_lr,
-    weight decay cosine from weight_decay to weight_decay_end (not on biases / norms), global
-    gradient clipping. Returns (tx, {name: schedule of the step})."""
-    o = optim_cfg
-    total = o.epochs * steps_per_epoch
+def pretrain_schedules(optim_cfg, loss_cfg, mim_start_epoch: int, batch_size: int,
+                       steps_per_epoch: int) -> dict:
+    """iBOT's schedules as functions of the step: {lr, weight_decay, ema_momentum (per
+    iteration, utils.cosine_scheduler), teacher_temp, teacher_patch_temp (per epoch, iBOTLoss)}.
+
+    LR: base_lr x batch / 256, warm-up np.linspace(0, peak, W iterations) then cosine to min_lr
+    over the other iterations; weight decay and EMA momentum: cosine from step 0. Teacher
+    temperatures: np.linspace(warmup, final, E epochs) then constant; the patch one holds its
+    warm-up value for the `mim_start_epoch` epochs before masked prediction starts (iBOT's
+    pred_start_epoch), then warms up the same way.
+    """
+    o, l, spe = optim_cfg, loss_cfg, steps_per_epoch
+    total = o.epochs * spe
     lr = lambda s: warmup_cosine(s, base=o.base_lr * batch_size / 256, total=total,
-                                 warmup=o.warmup_epochs * steps_per_epoch, warmup_start=0.0,
-                                 final=o.min_lr, cosine_after_warmup=True)
+                                 warmup=o.warmup_epochs * spe, warmup_start=0.0, final=o.min_lr,
+                                 cosine_after_warmup=True, linspace_warmup=True)
     wd = lambda s: warmup_cosine(s, base=o.weight_decay, total=total, warmup=0, warmup_start=0.0,
                                  final=o.weight_decay_end)
     ema = lambda s: warmup_cosine(s, base=o.ema_momentum, total=total, warmup=0,
                                   warmup_start=0.0, final=o.ema_momentum_end)
-    tx = optax.chain(
-        optax.clip_by_global_norm(o.clip_grad) if o.clip_grad else optax.identity(),
-        optax.scale_by_adam(b1=0.9, b2=0.999),
-        add_scheduled_weight_decay(wd, decay_mask(params)),
-        optax.scale_by_learning_rate(lr))
-    return tx, {"lr": lr, "weight_decay": wd, "ema_momentum": ema}
+
+    def temp(epoch, warm, final):
+        return warmup_cosine(epoch, base=final, total=o.epochs,
+                             warmup=l.warmup_teacher_temp_epochs, warmup_start=warm, final=final,
+                             linspace_warmup=True)
+
+    epoch = lambda s: jnp.asarray(s) // spe
+    return {
+        "lr": lr, "weight_decay": wd, "ema_momentum": ema,
+        "teacher_temp": lambda s: temp(epoch(s), l.warmup_teacher_temp, l.teacher_temp),
+        "teacher_patch_temp": lambda s: temp(jnp.maximum(epoch(s) - mim_start_epoch, 0),
+                                             l.warmup_teacher_patch_temp, l.teacher_patch_temp),
+    }
 
 
-# ---------------------------------------------------------------------------------------------
+def clip_per_tensor(max_norm: float) -> optax.GradientTransformation:
+    """iBOT/DINO's utils.clip_gradients: each parameter's gradient scaled by
+    max_norm / (||g|| + 1e-6) where that is below 1, independently of the others."""
+
+    def clip(g):
+        coef = max_norm / (jnp.linalg.norm(g.astype(jnp.float32).ravel()) + 1e-6)
+        return jnp.where(coef < 1.0, g * coef.astype(g.dtype), g)
+
+    return optax.stateless(lambda updates, params=None: jax.tree.map(clip, updates))
+
+
+def make_pretrain_optimizer(optim_cfg, params, schedules: dict, frozen_mask,
+                            frozen_steps: int) -> optax.GradientTransformation:
+    """iBOT's AdamW step (torch.optim.AdamW, betas 0.9 / 0.999, eps 1e-8) at the LR and weight
+    decay of `schedules`; weight decay on matrices and embeddings only (get_params_groups).
+
+    Clipping (`clip_mode`): per_tensor (iBOT's utils.clip_gradients) or global_norm; 0 = off.
+    Parameters where the bool pytree `frozen_mask` is True (the head's last layer) are left out
+    for the first `frozen_steps` steps as iBOT's cancel_gradients_last_layer leaves them out
+    (p.grad = None): no update, no weight decay, and their Adam moments and step count (hence
+    bias correction) start only when they unfreeze.
+    """
+    o = optim_cfg
+    if o.clip_mode not in ("per_tensor", "global_norm"):
+        raise ValueError(f"config.optim.clip_mode={o.clip_mode!r}: expected 'per_tensor' "
+                         f"(iBOT) or 'global_norm'")
+    clip = optax.identity()
+    if o.clip_grad:
+        clip = (clip_per_tensor(o.clip_grad) if o.clip_mode == "per_tensor"
+                else optax.clip_by_global_norm(o.clip_grad))
+    adam = lambda: optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+    after_freeze = lambda count: count >= frozen_steps
+    labels = jax.tree.map(lambda f: "frozen_first" if f else "always", frozen_mask)
+    return optax.chain(
+        clip,
+        # A frozen leaf's Adam state stands still (conditionally_mask: zero update, state kept).
+        optax.multi_transform({"frozen_first": optax.conditionally_mask(adam(), after_freeze),
+                               "always": adam()}, labels),
+        add_scheduled_weight_decay(schedules["weight_decay"], decay_mask(params)),
+        optax.scale_by_learning_rate(schedules["lr"]),
+        # ... and so does the leaf itself: no weight decay either while frozen.
+        optax.masked(optax.conditionally_transform(optax.set_to_zero(),
+                                                   lambda count: count < frozen_steps),
+                     frozen_mask))
+
+
 # Gradient accumulation: `accum_steps` micro-batches scanned inside the one jitted train step.
 #
 # Not optax.MultiSteps: that applies one update every k CALLS, so each call (and each loop
