@@ -31,15 +31,6 @@ def apply_overrides(config, overrides: dict):
     return config
 
 
-def torch_only_for_pth(weight_file: str, monkeypatch) -> None:
-    """Converter tests: a `.pth` needs PyTorch to be read (skip without it); any other weight
-    file must be handled without it, so `import torch` is made to fail for the test."""
-    if weight_file.endswith(".pth"):
-        pytest.importorskip("torch", reason="reading .pth needs requirements-convert.txt")
-    else:
-        monkeypatch.setitem(sys.modules, "torch", None)
-
-
 def block_torch(monkeypatch) -> None:
     """Weight files of every format, `.pth` included, are read without PyTorch: `import torch`
     is made to fail for the test, so a test that passes proves that PyTorch is not needed."""

@@ -1,8 +1,8 @@
 """Converter behaviour beyond feature agreement (that is test_weights_fixtures.py): refusing
 unsafe pickles and malformed or mismatched files with clear errors, model-size inference and
 flags checked against it, never overwriting, and fine-tuning from a converted checkpoint. Inputs
-are the committed fixtures (tests/fixtures/weights) or arrays derived from them; only the
-PyTorch-specific cases need torch."""
+are the committed fixtures (tests/fixtures/weights) or arrays derived from them; none of it needs
+PyTorch."""
 
 import os
 import pickle
@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import WEIGHT_FIXTURES, torch_only_for_pth, write_torch_zip
+from conftest import WEIGHT_FIXTURES, block_torch, write_torch_zip
 from personvit_jax.tools import convert as conv
 from personvit_jax.tools.weights_io import read_weights
 from personvit_jax.training import checkpointing
@@ -69,9 +69,9 @@ def test_malicious_pickle_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["truncated.npz", "truncated.safetensors", "truncated.pth"])
 def test_truncated_files(name, tmp_path, capsys, monkeypatch):
-    """The first 4 KB of a fixture: an error naming the file, no traceback, no output folder.
-    Only the .pth needs PyTorch (to be refused by it)."""
-    torch_only_for_pth(name, monkeypatch)
+    """The first 4 KB of a fixture: an error naming the file, no traceback, no output folder
+    (read without PyTorch)."""
+    block_torch(monkeypatch)
     path = os.path.join(WEIGHT_FIXTURES, "malformed", name)
     out = tmp_path / "out"
     assert conv.main([f"--input={path}", f"--output={out}", "--num_heads=2"]) == 1
