@@ -36,7 +36,6 @@
 # shell:
 #
 # ```bash
-# pip install -r requirements-convert.txt  # PyTorch (CPU), only needed to read .pth files
 # python -m personvit_jax.tools.convert --input=market_vits.pth --output=weights/market_vits
 # python -m personvit_jax.tools.extract --checkpoint=weights/market_vits --images=FOLDER \
 #     --output=features.npz
@@ -83,7 +82,7 @@ print("personvit_jax from", os.path.dirname(personvit_jax.__file__))
 
 # %% tags=["parameters"]
 SMALL = False  # True: the CI-sized run (only used without WEIGHTS)
-WEIGHTS = ""  # a released checkpoint (.pth needs PyTorch, which Colab has; or .safetensors/.npz)
+WEIGHTS = ""  # a released checkpoint (.pth, .safetensors or .npz; none needs PyTorch)
 IMAGES = ""  # a folder of person crops to search; "" = the synthetic person set's gallery
 NUM_QUERIES = 3  # query images to look up
 WORKDIR = "personvit_weights"  # everything this notebook writes goes under this folder

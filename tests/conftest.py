@@ -3,6 +3,7 @@ a tiny fine-tune config (ViT depth 2, width 64, 64x32 inputs)."""
 
 import os
 import sys
+import zipfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
@@ -30,13 +31,25 @@ def apply_overrides(config, overrides: dict):
     return config
 
 
-def torch_only_for_pth(weight_file: str, monkeypatch) -> None:
-    """Converter tests: a `.pth` needs PyTorch to be read (skip without it); any other weight
-    file must be handled without it, so `import torch` is made to fail for the test."""
-    if weight_file.endswith(".pth"):
-        pytest.importorskip("torch", reason="reading .pth needs requirements-convert.txt")
-    else:
-        monkeypatch.setitem(sys.modules, "torch", None)
+def block_torch(monkeypatch) -> None:
+    """Weight files of every format, `.pth` included, are read without PyTorch: `import torch`
+    is made to fail for the test, so a test that passes proves that PyTorch is not needed."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+
+
+def write_torch_zip(path, data_pkl: bytes, storages: dict | None = None, folder: str = "archive",
+                    byteorder: bytes | None = b"little") -> str:
+    """A zip laid out as torch.save lays it out (`<folder>/data.pkl`, `<folder>/data/<key>`,
+    `byteorder`, `version`), written by hand: for files PyTorch would not write (hostile or
+    broken ones) and for tests that have no PyTorch. Returns `path` as a string."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(f"{folder}/data.pkl", data_pkl)
+        if byteorder is not None:
+            zf.writestr(f"{folder}/byteorder", byteorder)
+        for key, raw in (storages or {}).items():
+            zf.writestr(f"{folder}/data/{key}", raw)
+        zf.writestr(f"{folder}/version", b"3\n")
+    return str(path)
 
 
 def assert_trees(a, b, **tol):

@@ -1,18 +1,17 @@
 """Converter behaviour beyond feature agreement (that is test_weights_fixtures.py): refusing
 unsafe pickles and malformed or mismatched files with clear errors, model-size inference and
 flags checked against it, never overwriting, and fine-tuning from a converted checkpoint. Inputs
-are the committed fixtures (tests/fixtures/weights) or arrays derived from them; only the
-PyTorch-specific cases need torch."""
+are the committed fixtures (tests/fixtures/weights) or arrays derived from them; none of it needs
+PyTorch."""
 
 import os
 import pickle
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import WEIGHT_FIXTURES, torch_only_for_pth
+from conftest import WEIGHT_FIXTURES, block_torch, write_torch_zip
 from personvit_jax.tools import convert as conv
 from personvit_jax.tools.weights_io import read_weights
 from personvit_jax.training import checkpointing
@@ -50,12 +49,14 @@ class _Exploit:
 
 
 def test_malicious_pickle_refused(tmp_path):
-    torch = pytest.importorskip("torch", reason="writing the pickle needs PyTorch")
+    """A .pth whose pickle would call os.system (written by hand: no PyTorch needed) and a
+    plain pickle disguised as .npz: refused, nothing run, no output folder."""
     marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pth"
-    torch.save({"cls_token": torch.zeros(1), "payload": _Exploit(marker)}, path)
-    with pytest.raises(ValueError, match="refused by the weights-only unpickler"):
-        conv.convert(str(path), str(tmp_path / "out"), log=quiet)
+    path = write_torch_zip(tmp_path / "evil.pth", pickle.dumps(
+        {"cls_token": 0.0, "payload": _Exploit(marker)}, protocol=2))
+    with pytest.raises(ValueError, match=f"evil.pth: refused: the pickle asks for "
+                       f"{os.system.__module__}.system .*nothing was executed"):
+        conv.convert(path, str(tmp_path / "out"), log=quiet)
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
     # A plain pickle disguised as .npz is refused too (no allow_pickle).
@@ -68,22 +69,15 @@ def test_malicious_pickle_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["truncated.npz", "truncated.safetensors", "truncated.pth"])
 def test_truncated_files(name, tmp_path, capsys, monkeypatch):
-    """The first 4 KB of a fixture: an error naming the file, no traceback, no output folder.
-    Only the .pth needs PyTorch (to be refused by it)."""
-    torch_only_for_pth(name, monkeypatch)
+    """The first 4 KB of a fixture: an error naming the file, no traceback, no output folder
+    (read without PyTorch)."""
+    block_torch(monkeypatch)
     path = os.path.join(WEIGHT_FIXTURES, "malformed", name)
     out = tmp_path / "out"
     assert conv.main([f"--input={path}", f"--output={out}", "--num_heads=2"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: not a readable "), err
     assert not out.exists()
-
-
-def test_pth_without_torch_says_how_to_install(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", None)  # as if PyTorch were not installed
-    path = os.path.join(WEIGHT_FIXTURES, "personvit_module.pth")
-    assert conv.main([f"--input={path}", f"--output={tmp_path / 'out'}", "--num_heads=2"]) == 1
-    assert "pip install -r requirements-convert.txt" in capsys.readouterr().err
 
 
 def test_mismatched_shapes(tmp_path):

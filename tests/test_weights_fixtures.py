@@ -1,8 +1,9 @@
 """Golden fixtures (tests/fixtures/weights, written by tests/fixtures/make_weights_fixtures.py):
 every PyTorch source format, converted with the command-line tool, gives through the one inference
 path (`evaluation.features.checkpoint_embed_fn`) the features the PyTorch originals computed for
-the committed images: max |diff| <= 1e-5. `.pth` files need PyTorch only to be unpickled; the
-`.npz` / `.safetensors` fixtures are converted with `import torch` made to fail."""
+the committed images: max |diff| <= 1e-5. Every fixture, `.pth` included, is converted with
+`import torch` made to fail; only the check that the fixture script reproduces the files needs
+PyTorch."""
 
 import functools
 import importlib.util
@@ -13,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import WEIGHT_FIXTURES, torch_only_for_pth
+from conftest import WEIGHT_FIXTURES, block_torch
 from personvit_jax.data import layouts
 from personvit_jax.data.augment import load_rgb, normalize
 from personvit_jax.evaluation.features import checkpoint_embed_fn
@@ -85,7 +86,7 @@ def assert_matches(ours: np.ndarray, key: str) -> None:
 @pytest.mark.parametrize("fixture", ["personvit_module.pth", "personvit.npz"])
 def test_personvit_reid(fixture, tmp_path, capsys, monkeypatch):
     """BNNeck running stats, classifier, `module.` prefix (the .pth) or none (the .npz)."""
-    torch_only_for_pth(fixture, monkeypatch)
+    block_torch(monkeypatch)
     out = tmp_path / "out"
     log = convert(fixture, out, capsys)
     assert "format personvit" in log
@@ -100,11 +101,11 @@ def test_personvit_reid(fixture, tmp_path, capsys, monkeypatch):
         assert_matches(features(out, neck), f"personvit_{neck}")
 
 
-def test_transreid_jpm_sie_overlapping(tmp_path, capsys):
+def test_transreid_jpm_sie_overlapping(tmp_path, capsys, monkeypatch):
     """JPM (b1 -> global branch, b2 -> 4 local branches on shifted + shuffled patches), SIE with
     6 cameras, stride 5 < patch 8: a 12x5 grid (neither h = 2w nor square), which the stride
     search finds from the image size."""
-    pytest.importorskip("torch", reason="reading .pth needs requirements-convert.txt")
+    block_torch(monkeypatch)
     fixture = os.path.join(WEIGHT_FIXTURES, "transreid_jpm_sie.pth")
     assert conv.main([f"--input={fixture}", f"--output={tmp_path / 'bad'}", *TINY]) == 1
     assert "sie_embed has 6 camera rows" in capsys.readouterr().err
@@ -130,11 +131,11 @@ def test_transreid_jpm_sie_overlapping(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- backbones
-def test_ibot_teacher_and_student_resized_from_square_grid(tmp_path, capsys):
+def test_ibot_teacher_and_student_resized_from_square_grid(tmp_path, capsys, monkeypatch):
     """iBOT checkpoint stored for 8x8 (64x64 pretraining) -> backbone at 64x32 (8x4), position
     embedding resized bilinearly as PersonViT's load_param does (not bicubically as iBOT's own
     ViT interpolates at run time: the fixture tells the two apart)."""
-    pytest.importorskip("torch", reason="reading .pth needs requirements-convert.txt")
+    block_torch(monkeypatch)
     out = tmp_path / "teacher"
     log = convert("ibot.pth", out, capsys)
     assert "format ibot (teacher)" in log and "stored grid (8, 8)" in log
@@ -164,7 +165,7 @@ def test_ibot_teacher_and_student_resized_from_square_grid(tmp_path, capsys):
 def test_dino_and_timm_backbones(fixture, key, resized, tmp_path, capsys, monkeypatch):
     """DINO teacher stored for the 8x4 grid (no resize); timm ViT stored for 6x6 (48x48, the
     224x224-style square grid): resized up in height and down in width, without PyTorch."""
-    torch_only_for_pth(fixture, monkeypatch)
+    block_torch(monkeypatch)
     out = tmp_path / "out"
     log = convert(fixture, out, capsys)
     assert f"format {key.split('_')[0]}" in log
@@ -176,11 +177,11 @@ def test_dino_and_timm_backbones(fixture, key, resized, tmp_path, capsys, monkey
 
 @pytest.mark.parametrize("fixture,key,shared,learned_norm", [
     ("ibot.pth", "ibot_teacher_head", True, True), ("dino.pth", "dino_teacher_head", True, False)])
-def test_heads_logits(fixture, key, shared, learned_norm, tmp_path, capsys):
+def test_heads_logits(fixture, key, shared, learned_norm, tmp_path, capsys, monkeypatch):
     """--heads: {'teacher': {'backbone', 'head'}} with exactly our pretraining model's shapes and
     the logits of the weight-normed PyTorch head (iBOT: learned g, last_layer2 = last_layer;
     DINO: g fixed at 1)."""
-    pytest.importorskip("torch", reason="reading .pth needs requirements-convert.txt")
+    block_torch(monkeypatch)
     from personvit_jax.models.pretrain import pretrain_model_from_config
 
     out = tmp_path / "out"
