@@ -75,7 +75,8 @@ def test_fused_and_explicit_cores_agree_on_raw_qkv():
     ("gpu", jnp.bfloat16, 64, "cudnn"), ("gpu", jnp.float16, 32, "cudnn"),
     ("gpu", jnp.float32, 64, "xla"),  # cuDNN flash attention is half precision only
     ("gpu", jnp.bfloat16, 60, "xla"), ("gpu", jnp.bfloat16, 192, "xla"),  # head-dim rule
-    ("cpu", jnp.bfloat16, 64, "xla"), ("tpu", jnp.bfloat16, 64, "xla")])
+    ("cuda", jnp.bfloat16, 64, "cudnn"), ("cpu", jnp.bfloat16, 64, "xla"),
+    ("tpu", jnp.bfloat16, 64, "xla")])
 def test_attention_implementation_by_backend_and_dtype(backend, dtype, head_dim, want):
     assert attention_implementation(dtype, head_dim, backend) == want
 
@@ -102,3 +103,15 @@ def test_attention_weights_only_built_when_intermediates_are_asked_for(monkeypat
     jax.grad(lambda p: jnp.sum(remat.apply({"params": p}, x, train=True)["cls"]))(params)
     with pytest.raises(ValueError, match="implementation"):
         fused_attention(*(jnp.zeros((1, 4, 2, 8)),) * 3, implementation="flash")
+
+
+def test_a_refused_cudnn_choice_falls_back_to_xla(monkeypatch):
+    """Where JAX refuses cuDNN while tracing (here: no cuDNN on a CPU), the model's own choice
+    falls back to XLA; an explicitly forced 'cudnn' still raises."""
+    from personvit_jax.models import vit as vit_module
+
+    monkeypatch.setattr(vit_module, "attention_implementation", lambda *a: "cudnn")
+    q = jax.random.normal(jax.random.PRNGKey(5), (1, 9, 2, 8)).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(fused_attention(q, q, q), fused_attention(q, q, q, "xla"))
+    with pytest.raises(RuntimeError, match="cuDNN"):
+        fused_attention(q, q, q, "cudnn")

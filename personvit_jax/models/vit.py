@@ -95,7 +95,7 @@ def attention_implementation(dtype: Any, head_dim: int, backend: Optional[str] =
     """
     backend = backend or jax.default_backend()
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    if backend == "gpu" and half and head_dim % 8 == 0 and head_dim <= 128:
+    if backend in ("gpu", "cuda") and half and head_dim % 8 == 0 and head_dim <= 128:
         return "cudnn"
     return "xla"
 
@@ -105,15 +105,15 @@ def fused_attention(q_bnhd: jax.Array, k_bnhd: jax.Array, v_bnhd: jax.Array,
     """softmax(q k^T / sqrt(hd)) v per head, [B, N, H, hd] in and out, through
     `jax.nn.dot_product_attention` (softmax in float32 in either implementation).
 
-    `implementation=None` picks one with `attention_implementation`. cuDNN's own shape rules
-    (sequence lengths, versions) are checked by JAX while tracing; a NotImplementedError there
-    falls back to 'xla', so an unsupported shape is slower, not an error.
+    `implementation=None` picks one with `attention_implementation`. JAX checks cuDNN's own
+    rules (sequence lengths by version; cuDNN present at all, e.g. not on ROCm) while tracing;
+    what they refuse falls back to 'xla': slower, not an error.
     """
     impl = implementation or attention_implementation(q_bnhd.dtype, q_bnhd.shape[-1])
     if impl == "cudnn" and implementation is None:
         try:
             return jax.nn.dot_product_attention(q_bnhd, k_bnhd, v_bnhd, implementation="cudnn")
-        except NotImplementedError:
+        except (NotImplementedError, RuntimeError):  # JAX's refusals, raised before any run
             impl = "xla"
     return jax.nn.dot_product_attention(q_bnhd, k_bnhd, v_bnhd, implementation=impl)
 
