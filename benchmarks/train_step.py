@@ -10,9 +10,13 @@ Uses the stage's own train step (same sharded state, jit and donation) on random
 fine-tune 256x128 images; pretrain 2 global 256x128 + 8 local 128x64 crops per image, iBOT head
 8192. --data/--fsdp give the mesh (as config.mesh), --dtype the compute dtype, --remat block
 rematerialisation, --accum gradient-accumulation micro-batches. The batch is global.
+MFU is against --peak_tflops (default: the datasheet dense bf16 / TF32 peak of known devices);
+`fraction_of_matmul_peak` against an n x n x n matmul timed here (--matmul_n; default 2048 on
+CPU, 8192 on an accelerator, where smaller ones leave it partly idle).
 """
 
 import argparse
+import ast
 import importlib.util
 import json
 import os
@@ -30,14 +34,14 @@ sys.path.insert(0, REPO)
 from personvit_jax.data import color_augment  # noqa: E402
 from personvit_jax.models.reid import reid_model_from_config  # noqa: E402
 from personvit_jax.models.pretrain import pretrain_model_from_config  # noqa: E402
-from personvit_jax.models.vit import grid_size  # noqa: E402
+from personvit_jax.models.vit import VIT_SIZES, attention_implementation, grid_size  # noqa: E402
 from personvit_jax.stages import finetune, pretrain  # noqa: E402
 from personvit_jax.training import optim, sharding  # noqa: E402
 
 # Dense peak FLOP/s per device for MFU (bf16 / fp32-as-TF32 where the hardware has it).
-DEVICE_PEAK = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA A100-SXM4-80GB": 312e12,
-               "NVIDIA A100-SXM4-40GB": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
-               "TPU v5p": 459e12}
+DEVICE_PEAK = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
+               "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12, "TPU v4": 275e12,
+               "TPU v5 lite": 197e12, "TPU v5p": 459e12}
 
 
 def load_config(name, arg):
@@ -61,12 +65,28 @@ def matmul_peak(dtype="float32", n=2048, reps=5) -> float:
 
 
 def apply_args(config, args):
-    """The command-line layout / precision / memory options, as the config fields they set."""
+    """The command-line layout / precision / memory options, as the config fields they set,
+    then the --set overrides."""
     config.mesh.data, config.mesh.fsdp = args.data, args.fsdp
     config.model.compute_dtype = args.dtype
     config.model.remat = args.remat
     config.optim.accum_steps = args.accum
+    for item in args.set:
+        key, _, value = item.partition("=")
+        node, *path = config, *key.split(".")
+        for name in path[:-1]:
+            node = node[name]
+        try:
+            node[path[-1]] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            node[path[-1]] = value  # a bare string
     return config
+
+
+def head_dim(model_cfg) -> int:
+    """Attention head width of a config's model (0 fields = the standard size)."""
+    size = VIT_SIZES[model_cfg.name]
+    return (model_cfg.width or size["width"]) // (model_cfg.num_heads or size["num_heads"])
 
 
 def bench_finetune(args):
@@ -88,7 +108,7 @@ def bench_finetune(args):
         "images": rng.standard_normal((args.batch, h, w, 3), np.float32),
         "labels": np.repeat(np.arange(args.batch // 4), 4).astype(np.int32),
         "camids": np.zeros(args.batch, np.int32)}, mesh)
-    return step, state, batch, _flops(step, state, batch), f"{h}x{w}"
+    return step, state, batch, _flops(step, state, batch), f"{h}x{w}", config
 
 
 def bench_pretrain(args):
@@ -119,7 +139,7 @@ def bench_pretrain(args):
         "global_color": colors(2, 1.0), "local_color": colors(d.num_local_crops, 0.5),
         "masks": rng.random((args.batch, 2, n[0] * n[1])) < 0.15}, mesh)
     size = f"2x{h}x{w}+{d.num_local_crops}x{lh}x{lw}"
-    return step, state, batch, _flops(step, state, batch), size
+    return step, state, batch, _flops(step, state, batch), size, config
 
 
 def compiled_flops(jitted, *args) -> float:
@@ -132,7 +152,7 @@ def compiled_flops(jitted, *args) -> float:
 
 def _flops(step, state, batch) -> float:
     """FLOPs of one step over all devices (with --remat, including the recomputed forward
-    passes)."""
+    passes). Compiles the step (the jitted call below reuses this executable)."""
     n_devices = jax.tree.leaves(state)[0].sharding.mesh.devices.size
     return compiled_flops(step, state, batch) * n_devices
 
@@ -155,6 +175,15 @@ def main():
                    help="compute dtype (parameters and optimizer state stay float32)")
     p.add_argument("--remat", action="store_true", help="rematerialise transformer blocks")
     p.add_argument("--accum", type=int, default=1, help="gradient-accumulation micro-batches")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set model.depth=2 --set 'data.image_size=(64,32)'"
+                        " (tiny runs; the JSON line then describes the changed model)")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="per-device peak for `mfu` (default: DEVICE_PEAK of the device, "
+                        "e.g. the H100/H200 datasheet's 989 dense bf16)")
+    p.add_argument("--matmul_n", type=int, default=None,
+                   help="size of the matmul whose speed is the measured peak (default: 2048 on "
+                        "CPU, 8192 elsewhere)")
     args = p.parse_args()
     if args.batch is None:
         args.batch = 64 if args.stage == "finetune" else 16
@@ -162,7 +191,9 @@ def main():
         p.error("--batch must be a multiple of K = 4")
 
     bench = bench_finetune if args.stage == "finetune" else bench_pretrain
-    step, state, batch, flops, size = bench(args)
+    t = time.perf_counter()
+    step, state, batch, flops, size, config = bench(args)
+    setup_s = time.perf_counter() - t  # state init + step compilation
     for _ in range(2):
         state, m = step(state, batch)
     jax.block_until_ready(state)
@@ -176,8 +207,10 @@ def main():
     dev = jax.devices()[0]
     n_dev = jax.tree.leaves(state)[0].sharding.mesh.devices.size
     # Fake CPU devices share the same cores: the CPU peak is that of the whole host.
-    peak = matmul_peak(args.dtype) * (1 if jax.default_backend() == "cpu" else n_dev)
-    device_peak = DEVICE_PEAK.get(dev.device_kind)
+    cpu = jax.default_backend() == "cpu"
+    n = args.matmul_n or (2048 if cpu else 8192)
+    peak = matmul_peak(args.dtype, n=n) * (1 if cpu else n_dev)
+    device_peak = args.peak_tflops * 1e12 if args.peak_tflops else DEVICE_PEAK.get(dev.device_kind)
     print(json.dumps({
         "stage": args.stage, "model": args.model, "batch": args.batch, "image_size": size,
         "backend": jax.default_backend(), "device_kind": dev.device_kind,
@@ -185,9 +218,14 @@ def main():
         "remat": args.remat, "accum_steps": args.accum,
         "step_time_s": round(dt, 4), "img_per_s": round(args.batch / dt, 2),
         "flops_per_step": flops, "achieved_flop_per_s": flops / dt,
-        "matmul_peak_flop_per_s": peak, "flops_include_remat": args.remat, "fraction_of_matmul_peak": round(flops / dt / peak, 3),
+        "achieved_tflop_per_s": round(flops / dt / 1e12, 2),
+        "matmul_peak_flop_per_s": peak, "matmul_n": n, "flops_include_remat": args.remat,
+        "fraction_of_matmul_peak": round(flops / dt / peak, 3),
+        "peak_flop_per_s": device_peak,
         "mfu": round(flops / dt / (device_peak * n_dev), 3) if device_peak else None,
-        "timed_steps": args.steps}))
+        "attention": attention_implementation(jnp.dtype(args.dtype), head_dim(config.model)),
+        "setup_s": round(setup_s, 1), "timed_steps": args.steps,
+        **({"overrides": args.set} if args.set else {})}))
 
 
 if __name__ == "__main__":

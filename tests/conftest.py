@@ -5,9 +5,12 @@ import os
 import sys
 import zipfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# PERSONVIT_TESTS_ON_DEVICE=1 (benchmarks/gpu/run.sh's smoke run) leaves JAX its default
+# backend, e.g. the GPU: then tests that need the 8 devices do not apply.
+if not os.environ.get("PERSONVIT_TESTS_ON_DEVICE"):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_force_host_platform_device_count=8").strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Golden converter fixtures, written by tests/fixtures/make_weights_fixtures.py.

@@ -1,9 +1,10 @@
 """Where the CLS token looks: the last block's attention of the CLS token over the patch grid,
 per head (the picture DINO / iBOT / PersonViT show to say that heads find body parts).
 
-The ViT `sow`s every block's softmax weights [B, heads, 1 + N, 1 + N] into the 'intermediates'
-collection (models/vit.py, `Attention`); they are only kept when that collection is mutable, so
-training and feature extraction never pay for them.
+When the 'intermediates' collection is mutable, every block's attention runs its explicit path
+and `sow`s its softmax weights [B, heads, 1 + N, 1 + N] there (models/vit.py, `Attention`);
+otherwise it runs the fused core (cuDNN flash attention on GPU), so training and feature
+extraction never build them.
 """
 
 from __future__ import annotations

@@ -117,12 +117,65 @@ class PatchEmbed(nn.Module):
         return x + bias.astype(self.dtype)
 
 
+def attention_implementation(dtype: Any, head_dim: int, backend: Optional[str] = None) -> str:
+    """The `jax.nn.dot_product_attention` implementation for this backend and compute dtype.
+
+    'cudnn' (cuDNN's flash attention: no [B, H, N, N] logits in memory, forward or backward) on
+    a GPU in bfloat16 / float16 with a head dim cuDNN's flash kernels take (a multiple of 8, at
+    most 128; ViT-S/B have 64); else 'xla' (the einsum + float32 softmax reference, also on CPU).
+    """
+    backend = backend or jax.default_backend()
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if backend in ("gpu", "cuda") and half and head_dim % 8 == 0 and head_dim <= 128:
+        return "cudnn"
+    return "xla"
+
+
+def fused_attention(q_bnhd: jax.Array, k_bnhd: jax.Array, v_bnhd: jax.Array,
+                    implementation: Optional[str] = None) -> jax.Array:
+    """softmax(q k^T / sqrt(hd)) v per head, [B, N, H, hd] in and out, through
+    `jax.nn.dot_product_attention` (softmax in float32 in either implementation).
+
+    `implementation=None` picks one with `attention_implementation`. JAX checks cuDNN's own
+    rules (sequence lengths by version; cuDNN present at all, e.g. not on ROCm) while tracing;
+    what they refuse falls back to 'xla': slower, not an error.
+    """
+    impl = implementation or attention_implementation(q_bnhd.dtype, q_bnhd.shape[-1])
+    if impl == "cudnn" and implementation is None:
+        try:
+            return jax.nn.dot_product_attention(q_bnhd, k_bnhd, v_bnhd, implementation="cudnn")
+        except (NotImplementedError, RuntimeError):  # JAX's refusals, raised before any run
+            impl = "xla"
+    return jax.nn.dot_product_attention(q_bnhd, k_bnhd, v_bnhd, implementation=impl)
+
+
+def explicit_attention(q_bnhd: jax.Array, k_bnhd: jax.Array, v_bnhd: jax.Array
+                       ) -> tuple[jax.Array, jax.Array]:
+    """The same attention written out: (output [B, N, H, hd], softmax weights [B, H, N, N]),
+    for the attention maps. Softmax in float32; weights in the inputs' dtype."""
+    scale = q_bnhd.shape[-1] ** -0.5
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q_bnhd, k_bnhd,
+                        preferred_element_type=jnp.float32) * scale
+    weights = jax.nn.softmax(logits, axis=-1).astype(v_bnhd.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v_bnhd), weights
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection ([D] -> [3, heads, head_dim])."""
+    """Multi-head self-attention with one fused qkv projection ([D] -> [3, heads, head_dim]).
+
+    The core is `fused_attention` (cuDNN flash attention on GPU in bf16). Only when the
+    'intermediates' collection is mutable (evaluation/attention.py asks for it) does it run
+    `explicit_attention` instead and sow the softmax weights [B, H, N, N] as 'attention':
+    training and feature extraction never build them.
+
+    Attributes:
+      implementation: force 'xla' / 'cudnn' for the fused core (None: by backend and dtype).
+    """
 
     width: int
     num_heads: int
     dtype: Any = jnp.float32
+    implementation: Optional[str] = None
 
     @nn.compact
     def __call__(self, x_bnd: jax.Array) -> jax.Array:
@@ -130,18 +183,17 @@ class Attention(nn.Module):
         head_dim = d // self.num_heads
         qkv = nn.Dense(3 * d, dtype=self.dtype, kernel_init=_dense_init, name="qkv")(
             x_bnd.reshape(b * n, d))  # token rows: see `Mlp`
-        # PyTorch layout of the fused output: (3, heads, head_dim).
-        # Heads-major [3, B, H, N, hd] in one transpose, so both attention matmuls are plain
-        # batched matmuls over (B, H) (measured on CPU: attention core 160 -> 122 ms forward +
-        # backward at 64 x 129 tokens, 6 heads).
-        q, k, v = qkv.reshape(b, n, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
-        # Softmax in float32 even when computing in bfloat16.
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * (head_dim ** -0.5)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        self.sow("intermediates", "attention", weights)  # [B, H, N, N], only kept when asked
-        out = jnp.einsum("bhqk,bhkd->bhqd", weights, v).transpose(0, 2, 1, 3).reshape(b * n, d)
-        return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name="proj")(out).reshape(
-            b, n, d)
+        # PyTorch layout of the fused output: (3, heads, head_dim); q, k, v [B, N, H, hd] are
+        # plain slices of it, the layout dot_product_attention takes.
+        qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.is_mutable_collection("intermediates"):
+            out, weights = explicit_attention(q, k, v)
+            self.sow("intermediates", "attention", weights)  # [B, H, N, N]
+        else:
+            out = fused_attention(q, k, v, self.implementation)
+        return nn.Dense(d, dtype=self.dtype, kernel_init=_dense_init, name="proj")(
+            out.reshape(b * n, d)).reshape(b, n, d)
 
 
 class Mlp(nn.Module):
