@@ -82,6 +82,10 @@ def get_config(arg=None):
     m.sie = False  # TransReID side-information (camera) embedding
     m.jpm = False  # TransReID jigsaw patch module (4 local branches); PersonViT keeps it off
     m.jpm_groups = 4  # JPM local branches
+    m.jpm_shift = 5  # JPM: patches rotated by shift - 1 before shuffling (TransReID)
+    m.jpm_shuffle_groups = 2  # JPM: interleaved chunks of the rotated patch sequence
+    m.jpm_rearrange = True  # JPM: shift and shuffle at all (TransReID's --RE_ARRANGE)
+    m.sie_coef = 3.0  # SIE: camera embedding scale (TransReID's SIE_COE)
     # Mixed precision: bfloat16 matmuls/activations in the ViT; parameters, optimizer state,
     # LayerNorms, softmaxes, the BNNeck and the losses stay float32.
     m.compute_dtype = "float32"  # float32 | bfloat16

@@ -147,10 +147,12 @@ def train_iterator(split: Split, data_cfg, num_steps: int, seed: int, process_in
 
 class EvalBatchLoader:
     """Global batch b -> this process's slice of images b*B .. (b+1)*B - 1, padded at the end of
-    the split by repeating the last image (`valid` marks the real ones)."""
+    the split by repeating the last image (`valid` marks the real ones). `preprocessing`: the
+    test transform's image_size, mean and std (`inference.Preprocessing`)."""
 
-    def __init__(self, split: Split, aug_cfg, batch_size: int, local: slice):
-        self.split, self.aug_cfg, self.batch_size, self.local = split, aug_cfg, batch_size, local
+    def __init__(self, split: Split, preprocessing, batch_size: int, local: slice):
+        self.split, self.aug_cfg, self.batch_size, self.local = (split, preprocessing,
+                                                                 batch_size, local)
 
     def __call__(self, b: int) -> dict[str, np.ndarray]:
         pos = np.arange(b * self.batch_size, (b + 1) * self.batch_size)[self.local]
@@ -161,14 +163,15 @@ class EvalBatchLoader:
                 "valid": valid}
 
 
-def eval_iterator(split: Split, data_cfg, batch_size: int, process_index: int = 0,
-                  process_count: int = 1, num_workers: Optional[int] = None) -> grain.IterDataset:
+def eval_iterator(split: Split, preprocessing, batch_size: int, process_index: int = 0,
+                  process_count: int = 1, num_workers: int = 0, prefetch: int = 2
+                  ) -> grain.IterDataset:
     """Ordered batches over a whole split (query or gallery)."""
     local = process_slice(batch_size, process_index, process_count)
     num_batches = -(-len(split) // batch_size)
-    ds = grain.MapDataset.range(num_batches).map(EvalBatchLoader(split, data_cfg, batch_size, local))
-    return _iter(ds, data_cfg.num_workers if num_workers is None else num_workers,
-                 data_cfg.prefetch)
+    ds = grain.MapDataset.range(num_batches).map(
+        EvalBatchLoader(split, preprocessing, batch_size, local))
+    return _iter(ds, num_workers, prefetch)
 
 
 # ---------------------------------------------------------------------------------------------
