@@ -146,6 +146,34 @@ def test_refuses_non_empty_output_and_cli(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]  # no temp folder left
 
 
+def test_normalisation_is_named_never_guessed(tmp_path, capsys):
+    """ReID / iBOT / DINO: the format's statistics, printed with the reason; timm: required
+    (its pretrained tag decides, and the file does not carry it), an error naming the choice."""
+    timm = os.path.join(WEIGHT_FIXTURES, "timm.safetensors")
+    argv = [f"--input={timm}", f"--output={tmp_path / 'timm'}", "--num_heads=2",
+            "--image_size=64,32"]
+    assert conv.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "timm.safetensors: a timm state dict does not record the normalisation" in err
+    assert "augreg ViTs: mean = std = 0.5; DeiT: ImageNet's" in err and "--mean=R,G,B" in err
+    assert conv.main(argv + ["--mean=0.5,0.5,0.5"]) == 2
+    assert "--mean without --std" in capsys.readouterr().err
+    assert not (tmp_path / "timm").exists()
+    assert conv.main(argv + ["--mean=0.5,0.5,0.5", "--std=0.5,0.5,0.5"]) == 0
+    assert "mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5) (given by --mean / --std)" in (
+        capsys.readouterr().out)
+    assert tuple(inference.saved_config(str(tmp_path / "timm")).data.std) == (0.5, 0.5, 0.5)
+
+    lines = []
+    conv.convert(REID_NPZ, str(tmp_path / "reid"), log=lines.append, **TINY)
+    assert ("  normalisation: mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5) (personvit: PersonViT "
+            "/ TransReID fine-tune and test with 0.5)") in lines
+    with pytest.raises(ValueError, match="--std=0,1,1: expected 3 values"):
+        conv.convert(REID_NPZ, str(tmp_path / "bad"), mean=(0, 0, 0), std=(0, 1, 1), log=quiet,
+                     **TINY)
+
+
 def test_finetune_init_from_converted(tmp_path, tiny_config):
     """--config.init_from=OUT starts fine-tuning from the converted backbone (LR 0: the trained
     backbone equals the converted one, while the heads are the new run's)."""

@@ -1,7 +1,8 @@
 r"""Convert published PyTorch ViT weights into a checkpoint folder every stage reads.
 
   python -m personvit_jax.tools.convert --input=FILE.pth --output=DIR \
-      [--format=auto|personvit|transreid|ibot|dino|timm] [--which=teacher|student] [--heads]
+      [--format=auto|personvit|transreid|ibot|dino|timm] [--which=teacher|student] [--heads] \
+      [--mean=R,G,B --std=R,G,B]  # required for timm state dicts (see Normalisation)
 
 Formats (the key names of the state dicts, optional `module.` prefix everywhere):
   personvit / transreid  fine-tuned ReID model: `base.*` ViT, `bottleneck.*` BatchNorm with running
@@ -11,6 +12,11 @@ Formats (the key names of the state dicts, optional `module.` prefix everywhere)
                          keys of `--which` (default teacher, as PersonViT fine-tunes from);
                          `--heads` also converts the projection head (pretraining layout).
   timm                   a plain ViT state dict (`blocks.{i}.*`, `pos_embed`, ...; `head.*` dropped).
+
+Normalisation (written into config.json, used by every stage and tool): --mean / --std when
+given; else the format's own, fixed by its training code and printed with the reason
+(personvit / transreid: mean = std = 0.5; ibot / dino: ImageNet's). A timm state dict does not
+say (augreg ViTs use 0.5, DeiT ImageNet's): --mean / --std are required for it.
 
 DIR receives `config.json` (configs/finetune.py with the `model` block, image size and
 normalisation of the converted weights) and `checkpoints/0/state`, with the same tree keys as our
@@ -395,6 +401,31 @@ def fit_to_target(flat: Flat, target: Flat, stored_grid, pos_grid, source: str,
 
 
 # ---------------------------------------------------------------------------- config
+def normalization(fmt: str, mean, std, source: str) -> tuple[tuple, tuple, str]:
+    """(mean, std, why) the converted model's inputs are normalised with: the given ones, else
+    the format's, which its training code fixes (ReID fine-tuning: 0.5; iBOT / DINO pretraining:
+    ImageNet's). A timm state dict has none: its statistics depend on the pretrained tag (augreg
+    ViTs 0.5, DeiT ImageNet's), which the weights do not carry, so they must be given."""
+    if (mean is None) != (std is None):
+        given = "--mean" if std is None else "--std"
+        raise ValueError(f"{given} without {'--std' if std is None else '--mean'}: the "
+                         "normalisation needs both (R,G,B each)")
+    for name, v in (("mean", mean), ("std", std)):
+        if v is not None and (len(v) != 3 or (name == "std" and min(v) <= 0)):
+            raise ValueError(f"--{name}={','.join(map(str, v))}: expected 3 values (R,G,B)"
+                             + (", all > 0" if name == "std" else ""))
+    if mean is not None:
+        return tuple(mean), tuple(std), "given by --mean / --std"
+    if fmt in REID_FORMATS:
+        return REID_MEAN, REID_STD, f"{fmt}: PersonViT / TransReID fine-tune and test with 0.5"
+    if fmt in PRETRAIN_FORMATS:
+        return IMAGENET_MEAN, IMAGENET_STD, f"{fmt}: iBOT / DINO pretrain with ImageNet's"
+    raise ValueError(
+        f"{source}: a timm state dict does not record the normalisation it was trained with; it "
+        "depends on the pretrained tag (augreg ViTs: mean = std = 0.5; DeiT: ImageNet's "
+        f"{IMAGENET_MEAN} / {IMAGENET_STD}): pass --mean=R,G,B --std=R,G,B from the model card")
+
+
 def make_config(vit: dict, image_size, mean, std, name: str, dataset: Optional[str],
                 jpm_groups: int = 0, head: Optional[dict] = None) -> ml_collections.ConfigDict:
     """configs/finetune.py's config describing the converted weights (+ a `head` block, as in
@@ -444,6 +475,8 @@ def convert(input_path: str, output_dir: str, *, fmt: str = "auto", which: str =
     fmt, sd, args = unwrap(read_weights(input_path), fmt, which, source)
     log(f"{source}: format {fmt}" + (f" ({which})" if fmt in PRETRAIN_FORMATS else "")
         + f", {len(sd)} arrays")
+    mean, std, why = normalization(fmt, mean, std, source)  # before the work: timm needs flags
+    log(f"  normalisation: mean {tuple(mean)}, std {tuple(std)} ({why})")
     if heads and fmt not in PRETRAIN_FORMATS:
         raise ValueError(f"{source}: --heads needs an iBOT / DINO training checkpoint, got {fmt}")
 
@@ -492,8 +525,6 @@ def convert(input_path: str, output_dir: str, *, fmt: str = "auto", which: str =
                 f"{sorted(n for n in layouts.DATASETS if layouts.num_cameras(n) == vit['num_cameras'])}"
                 f" (got {dataset or 'none'})")
 
-    if mean is None:
-        mean, std = (REID_MEAN, REID_STD) if fmt in REID_FORMATS else (IMAGENET_MEAN, IMAGENET_STD)
     config = make_config(vit, image_size, mean, std, name, dataset, groups, head_cfg)
     target = target_tree(config, kind, num_classes, vit["num_cameras"])
     flat = fit_to_target(flat, target, vit["stored_grid"], config.model.pos_grid, source, log,
@@ -588,15 +619,13 @@ def define_flags(fv: flags.FlagValues) -> None:
                              "non-standard widths", flag_values=fv)
     flags.DEFINE_string("dataset", "", "data.name of the written config (inferred from the "
                         "class count of ReID checkpoints; needed for SIE)", flag_values=fv)
-    flags.DEFINE_string("mean", None, "normalisation mean R,G,B (default 0.5 for ReID models, "
-                        "ImageNet's otherwise)", flag_values=fv)
+    flags.DEFINE_string("mean", None, "normalisation mean R,G,B (default: 0.5 for ReID models, "
+                        "ImageNet's for iBOT / DINO; required for timm)", flag_values=fv)
     flags.DEFINE_string("std", None, "normalisation std R,G,B (with --mean)", flag_values=fv)
     flags.mark_flags_as_required(["input", "output"], flag_values=fv)
 
 
 def run(fv: flags.FlagValues) -> int:
-    if (fv.mean is None) != (fv.std is None):
-        raise ValueError("--mean and --std go together")
     convert(fv.input, fv.output, fmt=fv.format, which=fv.which, heads=fv.heads,
             image_size=_pair(fv.image_size), model=fv.model, width=fv.width, depth=fv.depth,
             num_heads=fv.num_heads, patch_size=fv.patch_size, patch_stride=fv.patch_stride,
