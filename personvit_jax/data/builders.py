@@ -21,15 +21,17 @@ part, and `num_shards` processes can build disjoint parts at once (process i: pa
 
 Everything builds and reads without TensorFlow (images are given and read back as bytes).
 Builds go to a temporary folder inside data_dir that is renamed into place at the end, so a
-failed build leaves nothing behind.
+failed build leaves nothing behind (`build_atomically`, a helper for any folder).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -320,26 +322,78 @@ def _part_config(i: int, n: int) -> tfds.core.BuilderConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-def _build_atomically(make_builder: Callable[[str], tfds.core.DatasetBuilder], data_dir: str,
-                      final_rel: str, manual_dir: Optional[str], overwrite: bool) -> None:
-    """Builds into a temporary folder inside `data_dir` and renames the finished version folder
-    to data_dir/final_rel; on any error the temporary folder is removed and nothing else moved."""
-    final = os.path.join(data_dir, final_rel)
+_STAGING_PREFIX = ".prepare-"
+_STAGING_OWNER = "owner.json"  # in every staging folder: {"pid", "host"} of the process using it
+
+
+def build_atomically(final: str, write: Callable[[str], str], *,
+                     staging_parent: Optional[str] = None, overwrite: bool = False) -> None:
+    """Makes the folder `final` appear complete, or not at all.
+
+    `write(staging)` builds inside the fresh folder `staging` (`.prepare-XXXXXXXX` in
+    `staging_parent`, default final's parent: one file system, so the last step is a rename)
+    and returns the path of its finished result there; that is renamed to `final`, and staging
+    is removed whatever happens. An existing `final` is replaced only with `overwrite`; one
+    that appears meanwhile (another process finished first) is left alone: FileExistsError.
+    Staging folders left by processes of this host that died (killed, preempted) go first.
+    """
     if os.path.exists(final) and not overwrite:
-        raise FileExistsError(f"{final} already exists; pass --overwrite to rebuild it")
-    os.makedirs(data_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".prepare-", dir=data_dir)
+        raise FileExistsError(f"{final} already exists; not replacing it (prepare: pass "
+                              "--overwrite to rebuild it)")
+    parent = staging_parent or os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    _remove_dead_staging(parent)
+    staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=parent)
     try:
+        with open(os.path.join(staging, _STAGING_OWNER), "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+        result = write(staging)
+        os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)
+        if overwrite and os.path.exists(final):  # move the old build out of the way first
+            os.replace(final, os.path.join(staging, "replaced"))
+        try:
+            os.replace(result, final)  # a folder never replaces a non-empty one
+        except OSError as e:
+            if os.path.exists(final):
+                raise FileExistsError(f"{final} appeared while this build ran (another process "
+                                      "built it first); left as it is") from e
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_dead_staging(parent: str) -> None:
+    """Removes the staging folders in `parent` whose owner, a process on this host, is gone.
+    Those of live processes, of other hosts and without a readable owner file are kept."""
+    for entry in sorted(os.listdir(parent)):
+        path = os.path.join(parent, entry)
+        if not entry.startswith(_STAGING_PREFIX):
+            continue
+        try:
+            with open(os.path.join(path, _STAGING_OWNER), encoding="utf-8") as f:
+                owner = json.load(f)
+            if owner["host"] != socket.gethostname():
+                continue
+            os.kill(int(owner["pid"]), 0)  # raises if there is no such process
+        except ProcessLookupError:
+            logging.info("removing %s: left by process %s, which died", path, owner["pid"])
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # alive (or not ours to signal), or no owner file yet
+
+
+def _build_tfds(make_builder: Callable[[str], tfds.core.DatasetBuilder], data_dir: str,
+                final_rel: str, manual_dir: Optional[str], overwrite: bool) -> None:
+    """`make_builder(staging)`'s build, renamed to data_dir/final_rel (staging in data_dir)."""
+    def write(staging: str) -> str:
         builder = make_builder(staging)
         builder.download_and_prepare(
             download_dir=os.path.join(staging, "downloads"),
             download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        if os.path.exists(final):  # overwrite: move the old build out of the way first
-            os.replace(final, os.path.join(staging, "replaced"))
-        os.replace(os.fspath(builder.data_dir), final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return os.fspath(builder.data_dir)
+
+    build_atomically(os.path.join(data_dir, final_rel), write, staging_parent=data_dir,
+                     overwrite=overwrite)
 
 
 def build_labelled(name: str, source: str, data_dir: str, *, skip_corrupt: bool = False,
@@ -352,7 +406,7 @@ def build_labelled(name: str, source: str, data_dir: str, *, skip_corrupt: bool 
     if csv_path and name != ReidFolder.name:
         raise ValueError(f"--csv is only for --dataset={ReidFolder.name}, not {name}")
     cls = LABELLED_BUILDERS[name]
-    _build_atomically(
+    _build_tfds(
         lambda d: cls(data_dir=d, file_format="array_record", skip_corrupt=skip_corrupt,
                       csv_path=csv_path),
         data_dir, os.path.join(name, VERSION), source, overwrite)
@@ -386,7 +440,7 @@ def build_unlabeled(source: str, data_dir: str, *, part_size: int = 50_000, shar
             continue  # resume: this part is complete
         log(f"part {i + 1}/{n}: images {i * part_size}..{min(len(files), (i + 1) * part_size) - 1}")
         chunk = files[i * part_size:(i + 1) * part_size]
-        _build_atomically(
+        _build_tfds(
             lambda d, cfg=cfg, chunk=chunk: UnlabeledFolder(
                 config=cfg, data_dir=d, file_format="array_record", files=chunk, root=root,
                 skip_corrupt=skip_corrupt),
