@@ -104,7 +104,7 @@ from PIL import Image
 
 from personvit_jax.config_args import load_config
 from personvit_jax.data import layouts, prepare
-from personvit_jax.data.synthetic import generate_synthetic_market
+from personvit_jax.synthetic import generate_synthetic_market
 from personvit_jax.evaluation import visualize
 from personvit_jax.stages import evaluate, finetune
 from personvit_jax.training.logging import plot_metrics, quiet_library_logs

@@ -93,7 +93,7 @@ def assert_trees_close_in_norm(a, b, rel: float, atol: float):
 def tiny_data_dir(tmp_path_factory):
     """A data_dir holding a tiny synthetic Market-layout set (generated once per session)."""
     from personvit_jax.data import layouts
-    from personvit_jax.data.synthetic import generate_synthetic_market
+    from personvit_jax.synthetic import generate_synthetic_market
 
     data_dir = str(tmp_path_factory.mktemp("data"))
     generate_synthetic_market(layouts.dataset_root("synthetic", data_dir), **TINY_SYNTHETIC)

@@ -364,7 +364,7 @@ def load_folder_splits(name: str, data_dir: str, synthetic_kwargs: Optional[dict
     root = dataset_root(name, data_dir)
     _, layout, num_cameras = DATASETS[name]
     if name == "synthetic":
-        from personvit_jax.data.synthetic import generate_synthetic_market
+        from personvit_jax.synthetic import generate_synthetic_market
         generate_synthetic_market(root, **(synthetic_kwargs or {}))
     if layout in MSMT17_IMAGE_DIRS:
         return load_msmt17_layout(root, layout)
