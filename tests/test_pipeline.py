@@ -37,7 +37,7 @@ def _aug_cfg(**kw):
 
 def test_train_transform_flip_and_erasing(tiny_splits):
     split = tiny_splits["train"]
-    img = augment.load_rgb(split.paths[0])
+    img = split.image(0)
     plain = _aug_cfg(flip_prob=0.0, pad=0, erasing_prob=0.0)
     x = augment.reid_train_transform(img, np.random.default_rng(0), plain)
     # bicubic (train) vs bilinear (test) resize: close on average, not pixel-exact
@@ -89,7 +89,7 @@ def test_eval_iterator_order_and_padding(tiny_splits):
     assert valid.sum() == len(q) and valid[: len(q)].all()
     cams = np.concatenate([b["camids"] for b in batches])[: len(q)]
     np.testing.assert_array_equal(cams, q.camids)
-    first = augment.reid_test_transform(augment.load_rgb(q.paths[0]), _aug_cfg())
+    first = augment.reid_test_transform(q.image(0), _aug_cfg())
     np.testing.assert_array_equal(batches[0]["images"][0], first)
 
 

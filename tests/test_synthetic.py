@@ -1,4 +1,4 @@
-"""The synthetic Market-1501-style generator (small sets, fast)."""
+"""The synthetic Market-1501-style generator (small sets, fast) and its TFDS build."""
 
 import hashlib
 import json
@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TINY_SYNTHETIC
 from personvit_jax import synthetic
-from personvit_jax.synthetic import generate_synthetic_market, render
+from personvit_jax.data import builders, layouts, pipeline
+from personvit_jax.synthetic import build, generate_synthetic_market, render
 from personvit_jax.synthetic.__main__ import main as cli
 
 NAME_RE = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
@@ -77,6 +79,11 @@ def small_set(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("syn") / "market")
     assert generate_synthetic_market(root, seed=3, **SMALL) == root
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# The labelled set
+# ---------------------------------------------------------------------------------------------
 
 
 def test_layout_and_names(small_set):
@@ -242,3 +249,93 @@ def test_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "bounding_box_train" in text and "images=8" in text
     assert cli([f"--out={out}", "--seed=9", "--num_train_ids=2", "--num_test_ids=2"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The labelled set through TFDS (data.name=synthetic)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tfds_build_reads_like_the_raw_folder(tmp_path):
+    """The records read by pipeline.load_splits equal what the raw-folder reader gave: split
+    order, relabelled train pids, camera ids, names and JPEG bytes."""
+    raw_dir, tfds_dir = str(tmp_path / "raw"), str(tmp_path / "tfds")
+    raw = layouts.load_folder_splits("synthetic", raw_dir, TINY_SYNTHETIC)
+    built = pipeline.load_splits("synthetic", tfds_dir, TINY_SYNTHETIC)
+    root = layouts.dataset_root("synthetic", raw_dir)
+    assert built.keys() == raw.keys() == {"train", "query", "gallery"}
+    for name, want in raw.items():
+        got = built[name]
+        assert got.records is not None and got.has_camera_ids
+        assert list(got.paths) == [os.path.relpath(p, root) for p in want.paths]
+        np.testing.assert_array_equal(got.pids, want.pids, err_msg=name)
+        np.testing.assert_array_equal(got.camids, want.camids, err_msg=name)
+        for i, path in enumerate(want.paths):
+            with open(path, "rb") as f:
+                assert got.records[i]["image"] == f.read(), path
+            np.testing.assert_array_equal(np.asarray(got.image(i)), np.asarray(want.image(i)))
+
+
+def test_build_is_named_by_its_arguments_and_reused(tiny_data_dir, tiny_splits):
+    name = build.build_name(build.resolve_args(TINY_SYNTHETIC))
+    assert re.fullmatch(r"s0-[0-9a-f]{10}", name)
+    assert sorted(os.listdir(tiny_data_dir)) == ["synthetic", "synthetic_market1501"]
+    assert os.listdir(os.path.join(tiny_data_dir, "synthetic")) == [name]
+    before = _mtimes(tiny_data_dir)
+    assert build.prepare(tiny_data_dir, TINY_SYNTHETIC) == name  # second use: nothing written
+    assert build.prepare(tiny_data_dir, {**TINY_SYNTHETIC, "height": 128}) == name  # a default
+    assert _mtimes(tiny_data_dir) == before
+    meta = builders.built_metadata("synthetic", tiny_data_dir, name)
+    assert meta["synthetic"]["args"] == build.resolve_args(TINY_SYNTHETIC)
+    assert len(tiny_splits["train"]) == meta["stats"]["train"]["images"]
+
+
+def test_other_arguments_get_their_own_build_and_a_mislabelled_one_is_refused(tmp_path):
+    data_dir = str(tmp_path / "data")
+    a = dict(TINY_SYNTHETIC, num_train_ids=4, num_test_ids=2, num_distractors=1, num_junk=1)
+    b = dict(a, seed=1)
+    name_a, name_b = build.prepare(data_dir, a), build.prepare(data_dir, b)
+    assert name_a != name_b and name_b.startswith("s1-")
+    assert sorted(os.listdir(os.path.join(data_dir, "synthetic"))) == sorted([name_a, name_b])
+    # A build of `a` under the name of `c` (moved by hand): refused, naming both argument sets.
+    c = dict(a, num_junk=2)
+    name_c = build.build_name(build.resolve_args(c))
+    os.rename(os.path.join(data_dir, "synthetic", name_a),
+              os.path.join(data_dir, "synthetic", name_c))
+    with pytest.raises(ValueError, match=f"synthetic/{name_c}/1.0.0 is not the build of the "
+                                         "requested synthetic set") as info:
+        pipeline.load_splits("synthetic", data_dir, c)
+    assert "'num_junk': 1" in str(info.value) and "'num_junk': 2" in str(info.value)
+    with pytest.raises(ValueError, match=r"config.data.synthetic: unknown generator argument\(s\) "
+                                         r"\['num_train_id'\]"):
+        pipeline.load_splits("synthetic", data_dir, {"num_train_id": 3})
+
+
+def test_tfds_records_match_the_files_and_manifest(tiny_data_dir, tiny_splits):
+    """Each split's records are the generated folder's images in name order, with the pid and
+    camera of their file names, their bytes, and the manifest's counts."""
+    name = build.build_name(build.resolve_args(TINY_SYNTHETIC))
+    root = os.path.join(tiny_data_dir, "synthetic_market1501", name)
+    manifest = synthetic.read_manifest(root)
+    meta = builders.built_metadata("synthetic", tiny_data_dir, name)
+    for split, folder in layouts.MARKET_SUBDIRS.items():
+        s = tiny_splits[split]
+        names = [n for n in sorted(os.listdir(os.path.join(root, folder)))
+                 if not n.startswith("-1_")]  # junk is dropped, as in Market-1501
+        assert list(s.paths) == [f"{folder}/{n}" for n in names]
+        pids = [int(n.split("_")[0]) for n in names]
+        cams = [int(n.split("_c")[1][0]) - 1 for n in names]
+        np.testing.assert_array_equal(s.camids, cams)
+        if split == "train":  # relabelled 0..C-1 in pid order; records keep the original pid
+            np.testing.assert_array_equal(s.pids, np.unique(pids, return_inverse=True)[1])
+            assert [int(s.records[i]["pid"]) for i in range(len(s))] == pids
+        else:
+            np.testing.assert_array_equal(s.pids, pids)
+        for i in (0, len(s) - 1):
+            with open(os.path.join(root, s.paths[i]), "rb") as f:
+                assert s.records[i]["image"] == f.read()
+        counts, stats = manifest["counts"][folder], meta["stats"][split]
+        assert stats["images"] == counts["images"] - counts["junk"] == len(s)
+        assert stats["junk_dropped"] == counts["junk"]
+        assert stats["distractors"] == counts["distractors"]
+        assert len(set(pids) - {0}) == counts["ids"]

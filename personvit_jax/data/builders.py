@@ -19,9 +19,14 @@ file_name. Millions of images are written as parts of `part_size` images, each p
 config (`part-00003-of-00080`) built atomically: a killed build resumes at the first missing
 part, and `num_shards` processes can build disjoint parts at once (process i: parts i, i + n, ..).
 
+The built-in synthetic set (`synthetic`, personvit_jax/synthetic) is a Market-layout folder
+built like market1501, its cameras counted from its manifest; one TFDS config per generator
+argument set (data_dir/synthetic/<config>/1.0.0), named by personvit_jax.synthetic.build.
+
 Everything builds and reads without TensorFlow (images are given and read back as bytes).
 Builds go to a temporary folder inside data_dir that is renamed into place at the end, so a
-failed build leaves nothing behind (`build_atomically`, a helper for any folder).
+failed build leaves nothing behind (`build_atomically`, which the synthetic generator's folders
+use too).
 """
 
 from __future__ import annotations
@@ -265,6 +270,32 @@ class ReidFolder(ReIDBuilder):
         return layouts.load_custom_layout(root, self._csv_path)
 
 
+class Synthetic(Market1501):
+    """The built-in synthetic person set: a Market-1501-layout folder written by
+    personvit_jax.synthetic, with its generator arguments in manifest.json (kept in the build's
+    metadata as `synthetic`: the build's identity). One config per argument set."""
+
+    name = "synthetic"
+    MANIFEST = "manifest.json"
+    FOLDER, EXPECTED = "", (*layouts.MARKET_SUBDIRS.values(), MANIFEST)
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Generated, not downloaded: data.name=synthetic generates and builds it on first use "
+        "(personvit_jax.synthetic.build), or `python -m personvit_jax.synthetic --out=DIR` "
+        "writes the folder.")
+
+    def parse(self, root):
+        path = os.path.join(root, self.MANIFEST)
+        try:
+            with open(path, encoding="utf-8") as f:
+                manifest = json.load(f)
+            num_cameras = int(manifest["args"]["num_cameras"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a manifest of the synthetic generator (expected JSON "
+                             f"with args.num_cameras): {e}") from e
+        self.info.metadata["synthetic"] = manifest
+        return layouts.load_market_layout(root, num_cameras, relabel=False)
+
+
 LABELLED_BUILDERS = {b.name: b for b in (Market1501, Dukemtmc, OccludedDuke, Msmt17, Msmt17V2,
                                          ReidFolder)}
 
@@ -313,14 +344,17 @@ class UnlabeledFolder(_Builder):
 _PART_RE = re.compile(r"^part-(\d{5})-of-(\d{5})$")
 
 
+def _named_config(name: str) -> tfds.core.BuilderConfig:
+    return tfds.core.BuilderConfig(name=name, version=VERSION)
+
+
 def _part_config(i: int, n: int) -> tfds.core.BuilderConfig:
-    return tfds.core.BuilderConfig(name=f"part-{i:05d}-of-{n:05d}", version=VERSION)
+    return _named_config(f"part-{i:05d}-of-{n:05d}")
 
 
 # ---------------------------------------------------------------------------------------------
 # Building (atomic)
 # ---------------------------------------------------------------------------------------------
-
 
 _STAGING_PREFIX = ".prepare-"
 _STAGING_OWNER = "owner.json"  # in every staging folder: {"pid", "host"} of the process using it
@@ -413,6 +447,16 @@ def build_labelled(name: str, source: str, data_dir: str, *, skip_corrupt: bool 
     return dict(tfds.builder(name, data_dir=data_dir).info.metadata)
 
 
+def build_synthetic(source: str, data_dir: str, config: str) -> dict:
+    """Builds the generated synthetic folder `source` as config `config` of `synthetic` into
+    data_dir/synthetic/<config>/VERSION (never over an existing build); returns its metadata
+    (per-split stats, has_camera_ids, source, the folder's manifest as `synthetic`)."""
+    cfg = _named_config(config)
+    _build_tfds(lambda d: Synthetic(config=cfg, data_dir=d, file_format="array_record"),
+                data_dir, os.path.join(Synthetic.name, config, VERSION), source, False)
+    return dict(tfds.builder(Synthetic.name, data_dir=data_dir, config=cfg).info.metadata)
+
+
 def build_unlabeled(source: str, data_dir: str, *, part_size: int = 50_000, shard_index: int = 0,
                     num_shards: int = 1, skip_corrupt: bool = False,
                     log: Callable[[str], None] = logging.info) -> dict:
@@ -469,6 +513,15 @@ def _existing_parts(data_dir: str) -> set[tuple[int, int]]:
 # ---------------------------------------------------------------------------------------------
 
 
+def built_metadata(name: str, data_dir: str, config: Optional[str] = None) -> Optional[dict]:
+    """The metadata of the complete build of `name` (its `config`) under data_dir, else None."""
+    rel = os.path.join(name, *([config] if config else []), VERSION)
+    if not os.path.isfile(os.path.join(data_dir, rel, "dataset_info.json")):
+        return None
+    kwargs = {"config": _named_config(config)} if config else {}
+    return dict(tfds.builder(name, data_dir=data_dir, **kwargs).info.metadata)
+
+
 def _prepare_hint(name: str, data_dir: str) -> str:
     data_dir = os.path.abspath(data_dir)
     return (f"dataset {name!r} is not prepared under data_dir {data_dir}: expected "
@@ -498,17 +551,22 @@ def _labels(source, chunk: int = 1024) -> tuple[list[str], np.ndarray, np.ndarra
     return names, np.asarray(pids, np.int32), np.asarray(camids, np.int32)
 
 
-def load_record_splits(name: str, data_dir: str) -> dict[str, layouts.Split]:
+def load_record_splits(name: str, data_dir: str, config: Optional[str] = None
+                       ) -> dict[str, layouts.Split]:
     """{'train', 'query', 'gallery'} of a built labelled dataset (train pids relabelled 0..C-1;
-    a `test` split serves as query and gallery). Images are read from the records on demand."""
-    if name not in LABELLED_BUILDERS:
+    a `test` split serves as query and gallery), `config` naming one of its builds (the
+    synthetic set's). Images are read from the records on demand."""
+    if name not in LABELLED_BUILDERS and name != Synthetic.name:
         raise ValueError(f"config.data.name={name!r}: expected one of "
-                         f"{sorted(LABELLED_BUILDERS) + ['synthetic']}")
-    if not os.path.isfile(os.path.join(data_dir, name, VERSION, "dataset_info.json")):
+                         f"{sorted(LABELLED_BUILDERS) + [Synthetic.name]}")
+    kwargs = {"config": _named_config(config)} if config else {}
+    if not os.path.isfile(os.path.join(data_dir, name, *([config] if config else []), VERSION,
+                                       "dataset_info.json")):
         raise FileNotFoundError(_prepare_hint(name, data_dir))
-    has_cams = bool(tfds.builder(name, data_dir=data_dir).info.metadata["has_camera_ids"])
+    has_cams = bool(tfds.builder(name, data_dir=data_dir, **kwargs)
+                    .info.metadata["has_camera_ids"])
     splits = {}
-    for split_name, source in _data_source(name, data_dir).items():
+    for split_name, source in _data_source(name, data_dir, builder_kwargs=kwargs).items():
         names, pids, camids = _labels(source)
         if split_name == "train":
             pids = layouts.relabel_pids(pids)

@@ -5,8 +5,8 @@ Why this exists
 Real re-identification data cannot be downloaded on the machines this project runs on, yet the
 training / evaluation code must be exercised on something that *is* a re-identification
 problem. This package draws simple people with numpy + ``PIL.ImageDraw`` and writes them as
-JPEGs in the exact Market-1501 folder layout and file naming, so the very same parser reads
-either set.
+JPEGs in the exact Market-1501 folder layout and file naming, built and read through the same
+TFDS path as market1501 (``build.py``).
 
 The flow, one module per step::
 
@@ -16,6 +16,7 @@ The flow, one module per step::
     render.py    one image: background window, person, bystanders, occluders, camera optics
     plan.py      which images the set holds, their folders and names
     write.py     checked arguments -> rendered folder + manifest.json, atomically
+    build.py     the set under data_dir -> its TFDS build (data.name=synthetic)
     __main__.py  ``python -m personvit_jax.synthetic --out=DIR``
 
 Identity versus nuisance

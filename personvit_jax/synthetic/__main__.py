@@ -3,7 +3,8 @@ r"""Writes the synthetic set to a folder (deterministic, atomic, never over anot
   python -m personvit_jax.synthetic --out=data/my_synthetic [--seed=0 --num_train_ids=450 ...]
 
 Market-1501 layout and names, the arguments of `write.market_args` (its defaults; --help lists
-them).
+them). Training with data.name=synthetic generates and builds its set by itself; this command is
+for looking at one, or for handing the folder to other tools.
 """
 
 from __future__ import annotations
