@@ -256,26 +256,6 @@ def test_cli(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_tfds_build_reads_like_the_raw_folder(tmp_path):
-    """The records read by pipeline.load_splits equal what the raw-folder reader gave: split
-    order, relabelled train pids, camera ids, names and JPEG bytes."""
-    raw_dir, tfds_dir = str(tmp_path / "raw"), str(tmp_path / "tfds")
-    raw = layouts.load_folder_splits("synthetic", raw_dir, TINY_SYNTHETIC)
-    built = pipeline.load_splits("synthetic", tfds_dir, TINY_SYNTHETIC)
-    root = layouts.dataset_root("synthetic", raw_dir)
-    assert built.keys() == raw.keys() == {"train", "query", "gallery"}
-    for name, want in raw.items():
-        got = built[name]
-        assert got.records is not None and got.has_camera_ids
-        assert list(got.paths) == [os.path.relpath(p, root) for p in want.paths]
-        np.testing.assert_array_equal(got.pids, want.pids, err_msg=name)
-        np.testing.assert_array_equal(got.camids, want.camids, err_msg=name)
-        for i, path in enumerate(want.paths):
-            with open(path, "rb") as f:
-                assert got.records[i]["image"] == f.read(), path
-            np.testing.assert_array_equal(np.asarray(got.image(i)), np.asarray(want.image(i)))
-
-
 def test_build_is_named_by_its_arguments_and_reused(tiny_data_dir, tiny_splits):
     name = build.build_name(build.resolve_args(TINY_SYNTHETIC))
     assert re.fullmatch(r"s0-[0-9a-f]{10}", name)
