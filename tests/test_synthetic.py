@@ -143,6 +143,7 @@ def test_manifest(small_set):
     assert manifest["version"] == synthetic.FORMAT_VERSION
     assert manifest["args"]["seed"] == 3
     assert manifest["args"]["images_per_id"] == [4, 7]
+    assert "style_seed" not in manifest["args"]  # only stored when set
     counts = {split: len(names) for split, names in _listing(small_set).items()}
     assert {split: manifest["counts"][split]["images"] for split in SPLITS} == counts
 
@@ -173,6 +174,8 @@ def test_existing_root_different_args_raises(small_set):
     assert small_set in message and "Existing: {" in message and "requested: {" in message
     with pytest.raises(ValueError, match="seed"):
         generate_synthetic_market(small_set, seed=4, **SMALL)
+    with pytest.raises(ValueError, match="style_seed: existing=None, requested=1"):
+        generate_synthetic_market(small_set, seed=3, style_seed=1, **SMALL)
     assert _mtimes(small_set) == before
 
 
@@ -226,8 +229,10 @@ def test_invalid_arguments(tmp_path):
         generate_synthetic_market(str(tmp_path / "a"), num_cameras=10)
     with pytest.raises(ValueError, match=r"images_per_id=\(3, 5\)"):
         generate_synthetic_market(str(tmp_path / "b"), images_per_id=(3, 5))
+    with pytest.raises(ValueError, match="style_seed must be a non-negative int, got -1"):
+        generate_synthetic_market(str(tmp_path / "c"), style_seed=-1)
     with pytest.raises(ValueError, match="num_junk=-1: must be >= 0"):
-        generate_synthetic_market(str(tmp_path / "c"), num_junk=-1)
+        generate_synthetic_market(str(tmp_path / "d"), num_junk=-1)
     assert os.listdir(tmp_path) == []
 
 
@@ -319,3 +324,38 @@ def test_tfds_records_match_the_files_and_manifest(tiny_data_dir, tiny_splits):
         assert stats["junk_dropped"] == counts["junk"]
         assert stats["distractors"] == counts["distractors"]
         assert len(set(pids) - {0}) == counts["ids"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Style domains (style_seed)
+# ---------------------------------------------------------------------------------------------
+
+
+def _mean_colour_per_camera(root):
+    """{camera: mean RGB over its images} of a labelled set."""
+    sums = {}
+    for split in SPLITS:
+        for n in sorted(os.listdir(os.path.join(root, split))):
+            cam = int(MARKET_RE.match(n).group(2))
+            x = np.asarray(Image.open(os.path.join(root, split, n)), np.float64).mean((0, 1))
+            total, count = sums.get(cam, (0.0, 0))
+            sums[cam] = (total + x, count + 1)
+    return {cam: total / count for cam, (total, count) in sums.items()}
+
+
+def test_style_domain_changes_cameras_not_people(small_set, tmp_path):
+    domain = generate_synthetic_market(str(tmp_path / "b"), seed=3, style_seed=7, **SMALL)
+    a, b = _files(small_set), _files(domain)
+    assert a.keys() == b.keys()  # the same people, names, splits: only the cameras changed
+    images = [k for k in a if k.endswith(".jpg")]
+    assert all(a[k] != b[k] for k in images)
+    mean_a, mean_b = _mean_colour_per_camera(small_set), _mean_colour_per_camera(domain)
+    # Each camera's mean colour moves (here by 6-28 grey levels in RGB distance).
+    gaps = {cam: float(np.linalg.norm(mean_a[cam] - mean_b[cam])) for cam in mean_a}
+    assert min(gaps.values()) > 5 and np.mean(list(gaps.values())) > 10, gaps
+    shift = synthetic.domain_shift(7)
+    assert len(set(shift.scenes)) == 4 and max(shift.gain) / min(shift.gain) > 1.1
+    assert {synthetic.camera_style(c, 3, 7).scene for c in range(1, 5)} <= set(shift.scenes)
+    # the original domain is untouched by all this
+    assert _tree_sha256(small_set) == SMALL_SEED3_SHA256
+    assert synthetic.read_manifest(domain)["args"]["style_seed"] == 7

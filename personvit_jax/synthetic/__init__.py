@@ -12,7 +12,7 @@ The flow, one module per step::
 
     streams.py   seeded random streams (one per person, camera, layout, image)
     people.py    identity: a person's attributes, and drawing them in a pose
-    scenes.py    nuisance per camera: colour / optics style and scene panorama
+    scenes.py    nuisance per camera: colour / optics style and scene panorama; style domains
     render.py    one image: background window, person, bystanders, occluders, camera optics
     plan.py      which images the set holds, their folders and names
     write.py     checked arguments -> rendered folder + manifest.json, atomically
@@ -47,12 +47,12 @@ otherwise (``write.py``).
 
 from personvit_jax.synthetic.people import PersonAttributes, person_attributes
 from personvit_jax.synthetic.plan import SPLITS
-from personvit_jax.synthetic.scenes import CameraStyle, camera_style
+from personvit_jax.synthetic.scenes import CameraStyle, camera_style, domain_shift
 from personvit_jax.synthetic.write import (FORMAT_NAME, FORMAT_VERSION, MANIFEST,
                                            generate_synthetic_market, market_args, read_manifest)
 
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "SPLITS", "CameraStyle", "PersonAttributes",
-    "camera_style", "generate_synthetic_market", "market_args", "person_attributes",
-    "read_manifest",
+    "camera_style", "domain_shift", "generate_synthetic_market", "market_args",
+    "person_attributes", "read_manifest",
 ]

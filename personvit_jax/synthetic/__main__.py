@@ -1,10 +1,12 @@
 r"""Writes the synthetic set to a folder (deterministic, atomic, never over another one).
 
   python -m personvit_jax.synthetic --out=data/my_synthetic [--seed=0 --num_train_ids=450 ...]
+  python -m personvit_jax.synthetic --out=data/synthetic_b --seed=1 --style_seed=1
 
 Market-1501 layout and names, the arguments of `write.market_args` (its defaults; --help lists
 them). Training with data.name=synthetic generates and builds its set by itself; this command is
-for looking at one, or for handing the folder to other tools.
+for looking at one, or for handing the folder to other tools. --style_seed: the cameras and
+scenes of another style domain (default: the set's own).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ each step atomic and never over an existing folder, and then read by
 ``<name>`` = ``s<seed>-<first 10 hex digits of the SHA-256 of the format, its version and every
 argument, defaults included>``. Why a name per argument set rather than one folder that refuses
 other arguments: a different ``data.synthetic`` can never reuse another set's build (its name
-differs), yet nothing has to be moved away to switch: several sets (seeds, sizes, the tests'
-tiny sets) live side by side in one data_dir. A folder or build
+differs), yet nothing has to be moved away to switch: several sets (seeds, style domains for
+domain adaptation, the tests' tiny sets) live side by side in one data_dir. A folder or build
 under a name whose manifest disagrees with the request (copied by hand, say) is refused with
 both argument sets.
 """

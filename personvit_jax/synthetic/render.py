@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Optional
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -50,23 +52,24 @@ def normal_framing(rng: np.random.Generator, a: PersonAttributes) -> Framing:
 
 
 class Renderer:
-    """Renders the images of one set (seed, output size); caches the styles and panoramas of
-    the cameras it has drawn. Output: RGB PIL images of height x width."""
+    """Renders the images of one set (seed, output size, style domain); caches the styles and
+    panoramas of the cameras it has drawn. Output: RGB PIL images of height x width."""
 
-    def __init__(self, seed: int, height: int, width: int):
-        self.seed, self.height, self.width = seed, height, width
+    def __init__(self, seed: int, height: int, width: int, style_seed: Optional[int] = None):
+        self.seed, self.height, self.width, self.style_seed = seed, height, width, style_seed
         self.cw, self.ch = width * _SUPERSAMPLE, height * _SUPERSAMPLE
         self._cameras: dict[int, CameraStyle] = {}
         self._panoramas: dict[int, Image.Image] = {}
 
     def camera(self, cam: int) -> CameraStyle:
         if cam not in self._cameras:
-            self._cameras[cam] = camera_style(cam, self.seed)
+            self._cameras[cam] = camera_style(cam, self.seed, self.style_seed)
         return self._cameras[cam]
 
     def panorama(self, cam: int) -> Image.Image:
         if cam not in self._panoramas:
-            self._panoramas[cam] = scene_panorama(cam, self.seed, self.ch, self.cw)
+            self._panoramas[cam] = scene_panorama(cam, self.seed, self.ch, self.cw,
+                                                  self.style_seed)
         return self._panoramas[cam]
 
     def background(self, rng: np.random.Generator, cam: int, zoom: float) -> Image.Image:

@@ -4,18 +4,25 @@
 seen through a fixed panorama, a colour cast / brightness / contrast / saturation / gamma, optical
 quality (blur, noise, low resolution) and the direction most people walk in. Same-camera
 background and cast dominate raw colour statistics, as in real footage.
+
+*Domains*: the cameras of a set are drawn from its own seed (the original domain). With a
+``style_seed`` they come from that seed's own streams instead and share a domain-wide shift
+(:class:`DomainShift`: white balance, exposure, contrast, saturation, and a subset of the scene
+types), like a second camera network at another site: the same people look measurably different
+there, for domain-adaptation experiments. ``style_seed=None`` leaves every draw of the original
+domain as it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from personvit_jax.synthetic.people import BAG_COLORS, FACINGS, RGB, TOP_COLORS, shaded
-from personvit_jax.synthetic.streams import TAG_CAMERA, TAG_CAMERA_SET, choice, stream
+from personvit_jax.synthetic.streams import TAG_CAMERA, TAG_CAMERA_SET, TAG_DOMAIN, choice, stream
 
 # Scales every per-camera colour nuisance (cast, brightness, contrast,
 # saturation, gamma). 0.25: colour histograms still fail across cameras
@@ -28,6 +35,16 @@ _BG_BLOTCH = 0.15
 _BG_GRAIN = 4.0
 # Scene styles; each camera gets a different one (cycled if more cameras).
 SCENES = ("mall", "street", "park", "corridor", "plaza", "glass", "underpass")
+# A style domain shows this many of the scene types (its own choice of them).
+_DOMAIN_SCENE_TYPES = 4
+
+
+def _style_stream(seed: int, style_seed: Optional[int], *keys: int) -> np.random.Generator:
+    """Stream of camera styles and scenes: the set's own seed in the original domain, else the
+    style seed's domain space (never equal to any seed's original streams)."""
+    if style_seed is None:
+        return stream(seed, *keys)
+    return stream(style_seed, TAG_DOMAIN, *keys)
 
 
 # ---------------------------------------------------------------------------
@@ -52,15 +69,18 @@ class CameraStyle:
     facing_bias: int  # index into FACINGS most people walk towards here
 
 
-def camera_style(cam: int, seed: int) -> CameraStyle:
-    """Nuisance parameters of camera ``cam`` (1-based); strong and distinct."""
-    order = stream(seed, TAG_CAMERA_SET).permutation(len(SCENES))
-    rng = stream(seed, TAG_CAMERA, cam)
+def camera_style(cam: int, seed: int, style_seed: Optional[int] = None) -> CameraStyle:
+    """Nuisance parameters of camera ``cam`` (1-based); strong and distinct. ``style_seed``:
+    the camera of that style domain instead of the set's original one (see the module)."""
+    shift = None if style_seed is None else domain_shift(style_seed)
+    scenes = SCENES if shift is None else shift.scenes
+    order = _style_stream(seed, style_seed, TAG_CAMERA_SET).permutation(len(scenes))
+    rng = _style_stream(seed, style_seed, TAG_CAMERA, cam)
     k = _CAST_STRENGTH
     gain = np.exp(rng.normal(0.0, 0.16 * k, 3))
     gain /= np.exp(np.log(gain).mean())  # the cast shifts hue; brightness is separate
-    return CameraStyle(
-        scene=SCENES[int(order[(cam - 1) % len(SCENES)])],
+    style = CameraStyle(
+        scene=scenes[int(order[(cam - 1) % len(scenes)])],
         gain=tuple(float(g) for g in gain),  # type: ignore[arg-type]
         offset=tuple(float(o) for o in rng.normal(0.0, 0.035 * k, 3)),  # type: ignore[arg-type]
         brightness=float(np.exp(k * rng.uniform(-0.35, 0.25))),
@@ -72,6 +92,43 @@ def camera_style(cam: int, seed: int) -> CameraStyle:
         resolution=float(rng.choice([1.0, 1.0, 0.75, 0.6])),
         facing_bias=int(rng.integers(0, len(FACINGS))),
     )
+    return style if shift is None else shift.apply(style)
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainShift:
+    """What every camera of one style domain shares on top of its own style (one camera make,
+    one site's lighting and surroundings)."""
+
+    gain: tuple[float, float, float]  # white balance (geometric mean 1: a hue shift)
+    brightness: float  # exposure factor
+    contrast: float
+    saturation: float
+    scenes: tuple[str, ...]  # the scene types its cameras show
+
+    def apply(self, style: CameraStyle) -> CameraStyle:
+        return dataclasses.replace(
+            style, gain=tuple(float(a * b) for a, b in zip(style.gain, self.gain)),
+            brightness=style.brightness * self.brightness, contrast=style.contrast * self.contrast,
+            saturation=style.saturation * self.saturation)
+
+
+def domain_shift(style_seed: int) -> DomainShift:
+    """The shared shift of style domain ``style_seed``. Its sizes are fixed and only the
+    directions random, so that any two domains differ clearly: the white balance moves by
+    0.12 in log gain (about twice one camera's own cast), the exposure by 10-25% up or down."""
+    rng = stream(style_seed, TAG_DOMAIN)
+    direction = rng.normal(0.0, 1.0, 3)
+    direction -= direction.mean()  # orthogonal to grey: a colour temperature, not brightness
+    log_gain = 0.12 * direction / np.linalg.norm(direction)
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    scenes = tuple(SCENES[int(i)] for i in rng.permutation(len(SCENES))[:_DOMAIN_SCENE_TYPES])
+    return DomainShift(
+        gain=tuple(float(g) for g in np.exp(log_gain)),  # type: ignore[arg-type]
+        brightness=float(np.exp(sign * rng.uniform(0.1, 0.25))),
+        contrast=float(1.0 + rng.uniform(-0.15, 0.1)),
+        saturation=float(1.0 + rng.uniform(-0.25, 0.1)),
+        scenes=scenes)
 
 
 def _lowfreq_noise(rng: np.random.Generator, height: int, width: int,
@@ -171,7 +228,8 @@ def _decorate_segment(d: ImageDraw.ImageDraw, rng: np.random.Generator, scene: s
         d.rectangle([px, py, px + cw * 0.25, py + ch * 0.12], fill=choice(rng, TOP_COLORS))
 
 
-def scene_panorama(cam: int, seed: int, canvas_h: int, canvas_w: int) -> Image.Image:
+def scene_panorama(cam: int, seed: int, canvas_h: int, canvas_w: int,
+                   style_seed: Optional[int] = None) -> Image.Image:
     """Wide static background of one camera; each image crops a window of it.
 
     The panorama is a row of wall segments of shared materials over a ground
@@ -179,8 +237,8 @@ def scene_panorama(cam: int, seed: int, canvas_h: int, canvas_w: int) -> Image.I
     background a *camera* cue, as in real footage, while varying segments keep
     two crops of one camera from being near-identical.
     """
-    style = camera_style(cam, seed)
-    rng = stream(seed, TAG_CAMERA, cam, 1)
+    style = camera_style(cam, seed, style_seed)
+    rng = _style_stream(seed, style_seed, TAG_CAMERA, cam, 1)
     ph, pw = int(canvas_h * 1.3), int(canvas_w * 6)
     horizon = int(ph * rng.uniform(0.4, 0.6))
     wall_w, ground_w = _SCENE_MATERIALS[style.scene]

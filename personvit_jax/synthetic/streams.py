@@ -26,6 +26,9 @@ TAG_IMAGE = 5  # (seed, TAG_IMAGE, pid, cam, j): one image of a person
 TAG_TRACK = 6  # (seed, TAG_TRACK, pid, cam): the walking direction of a person in a camera
 TAG_DISTRACTOR = 7  # (seed, TAG_DISTRACTOR, i, 0): name; (..., i, 1): image
 TAG_JUNK = 8  # (seed, TAG_JUNK, i, 0): name; (..., i, 1): image
+# (style_seed, TAG_DOMAIN): a domain's shared shift; (style_seed, TAG_DOMAIN, TAG_CAMERA, ...)
+# etc.: its cameras and scenes, the same families as above moved into the domain's own space.
+TAG_DOMAIN = 9
 
 
 def stream(seed: int, *keys: int) -> np.random.Generator:

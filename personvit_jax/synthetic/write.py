@@ -41,8 +41,13 @@ _JPEG_QUALITY = 90
 def market_args(seed: int = 0, num_train_ids: int = 450, num_test_ids: int = 150,
                 num_cameras: int = 6, images_per_id: Sequence[int] = (4, 8),
                 num_distractors: int = 300, num_junk: int = 100, height: int = 128,
-                width: int = 64) -> dict:
-    """The labelled set's complete, checked generator arguments, as its manifest stores them."""
+                width: int = 64, style_seed: Optional[int] = None) -> dict:
+    """The labelled set's complete, checked generator arguments, as its manifest stores them.
+
+    ``style_seed``: None = the original camera domain (drawn from ``seed``); an int = the
+    cameras and scenes of that style domain (scenes.py). It is stored only when set, so the
+    manifests (and build names) of sets made before it existed stay as they were.
+    """
     args = {
         "seed": seed,
         "num_train_ids": int(num_train_ids),
@@ -54,6 +59,8 @@ def market_args(seed: int = 0, num_train_ids: int = 450, num_test_ids: int = 150
         "height": int(height),
         "width": int(width),
     }
+    if style_seed is not None:
+        args["style_seed"] = style_seed
     _check_common(args)
     if not 2 <= args["num_cameras"] <= 9:
         raise ValueError(f"num_cameras={num_cameras!r}: must be in 2..9 (Market names have one "
@@ -76,8 +83,10 @@ def market_args(seed: int = 0, num_train_ids: int = 450, num_test_ids: int = 150
 
 
 def _check_common(args: dict) -> None:
-    if not isinstance(args["seed"], int) or args["seed"] < 0:
-        raise ValueError(f"seed must be a non-negative int, got {args['seed']!r}")
+    for key in ("seed", "style_seed"):
+        value = args.get(key, 0)
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key} must be a non-negative int, got {value!r}")
     if args["height"] < 16 or args["width"] < 8:
         raise ValueError(f"height={args['height']}, width={args['width']}: height must be >= 16 "
                          "and width >= 8")
@@ -152,7 +161,8 @@ def _write_set(root: str, format_name: str, version: int, args: dict,
         specs = plan(args)
         for folder in sorted({s.folder for s in specs}):
             os.makedirs(os.path.join(out, folder))
-        render_args = (args["seed"], args["height"], args["width"], num_ids)
+        render_args = (args["seed"], args["height"], args["width"], args.get("style_seed"),
+                       num_ids)
         _render_all(out, specs, render_args, num_workers, log)
         manifest = {**head, "args": args, "counts": count(specs)}
         with open(os.path.join(out, MANIFEST), "w", encoding="utf-8") as f:
@@ -215,8 +225,8 @@ def _render_all(out: str, specs: list[ImageSpec], render_args: tuple, num_worker
 
 def _render_group(task: tuple) -> int:
     """Renders one camera's images (worker entry point); returns how many."""
-    out, (seed, height, width, num_ids), specs = task
-    renderer = render.Renderer(seed, height, width)
+    out, (seed, height, width, style_seed, num_ids), specs = task
+    renderer = render.Renderer(seed, height, width, style_seed)
     for spec in specs:
         image = render.render_spec(renderer, spec, num_ids)
         image.save(os.path.join(out, spec.folder, spec.name), "JPEG", quality=_JPEG_QUALITY)
