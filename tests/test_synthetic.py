@@ -1,4 +1,5 @@
-"""The synthetic Market-1501-style generator (small sets, fast) and its TFDS build."""
+"""The synthetic generator (small sets, fast): the labelled Market-style set, its TFDS build,
+style domains and the unlabeled pool."""
 
 import hashlib
 import json
@@ -13,11 +14,14 @@ from PIL import Image
 from conftest import TINY_SYNTHETIC
 from personvit_jax import synthetic
 from personvit_jax.data import builders, layouts, pipeline
-from personvit_jax.synthetic import build, generate_synthetic_market, render
+from personvit_jax.data.prepare import prepare
+from personvit_jax.synthetic import build, plan, render
+from personvit_jax.synthetic import generate_pool, generate_synthetic_market
 from personvit_jax.synthetic.__main__ import main as cli
 
 NAME_RE = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
 MARKET_RE = re.compile(r"([-\d]+)_c(\d)")
+POOL_RE = re.compile(r"^(\d{4})/(\d{7})_c(\d{4})_(\d{2})\.jpg$")
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 
 SMALL = dict(num_train_ids=6, num_test_ids=6, num_cameras=4, images_per_id=(4, 7),
@@ -26,6 +30,7 @@ SMALL = dict(num_train_ids=6, num_test_ids=6, num_cameras=4, images_per_id=(4, 7
 # as written by personvit_jax/data/synthetic.py before the package split (main at 62d5cc8).
 # It changes only if the rendered bytes do: then FORMAT_VERSION must be bumped too.
 SMALL_SEED3_SHA256 = "601a3895ace6eed25e8819ac5f82ceb7d73dc59ce762a88f5ec8b6065462f0ed"
+POOL = dict(num_images=30, num_cameras=5, images_per_id=(2, 5), cameras_per_id=(1, 3))
 
 
 def _listing(root):
@@ -231,8 +236,10 @@ def test_invalid_arguments(tmp_path):
         generate_synthetic_market(str(tmp_path / "b"), images_per_id=(3, 5))
     with pytest.raises(ValueError, match="style_seed must be a non-negative int, got -1"):
         generate_synthetic_market(str(tmp_path / "c"), style_seed=-1)
-    with pytest.raises(ValueError, match="num_junk=-1: must be >= 0"):
+    with pytest.raises(ValueError, match="num_junk=-1: must be"):
         generate_synthetic_market(str(tmp_path / "d"), num_junk=-1)
+    with pytest.raises(ValueError, match="num_distractors=500000: must be in 0..499999"):
+        generate_synthetic_market(str(tmp_path / "e"), num_distractors=500_000)
     assert os.listdir(tmp_path) == []
 
 
@@ -254,6 +261,9 @@ def test_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "bounding_box_train" in text and "images=8" in text
     assert cli([f"--out={out}", "--seed=9", "--num_train_ids=2", "--num_test_ids=2"]) == 2
+    with pytest.raises(SystemExit):
+        cli([f"--out={out}", "--num_images=5"])  # a pool argument without --pool
+    assert "--num_images: not an argument of the labelled set" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,3 +369,104 @@ def test_style_domain_changes_cameras_not_people(small_set, tmp_path):
     # the original domain is untouched by all this
     assert _tree_sha256(small_set) == SMALL_SEED3_SHA256
     assert synthetic.read_manifest(domain)["args"]["style_seed"] == 7
+
+
+# ---------------------------------------------------------------------------------------------
+# The unlabeled pool
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("pool") / "pool")
+    assert generate_pool(root, seed=3, **POOL) == root
+    return root
+
+
+def _pool_names(root):
+    return sorted(k for k in _files(root) if k.endswith(".jpg"))
+
+
+def test_pool_layout_and_manifest(pool):
+    names = _pool_names(pool)
+    assert len(names) == POOL["num_images"]
+    parsed = [POOL_RE.match(n) for n in names]
+    assert all(parsed), names
+    pids = {int(m.group(2)) for m in parsed}
+    cams_by_pid = {}
+    for m in parsed:
+        cams_by_pid.setdefault(int(m.group(2)), set()).add(int(m.group(3)))
+    assert all(1 <= len(c) <= 3 for c in cams_by_pid.values())
+    cams = set().union(*cams_by_pid.values())
+    assert cams <= set(range(plan.POOL_CAMERA_BASE + 1,
+                             plan.POOL_CAMERA_BASE + POOL["num_cameras"] + 1))
+    manifest = synthetic.read_manifest(pool)
+    assert manifest["format"] == synthetic.POOL_FORMAT_NAME
+    assert manifest["args"] == synthetic.pool_args(seed=3, **POOL)
+    assert manifest["counts"] == {"images": 30, "ids": len(pids), "cameras": len(cams),
+                                  "folders": 1}
+    with Image.open(os.path.join(pool, names[0])) as im:
+        assert im.size == (64, 128) and im.format == "JPEG"
+
+
+def test_pool_people_are_none_of_the_labelled_sets(pool, small_set):
+    pool_pids = {int(POOL_RE.match(n).group(2)) for n in _pool_names(pool)}
+    assert min(pool_pids) >= synthetic.POOL_PERSON_BASE
+    # The labelled set's people: its identities, its distractors' and its junk strangers'.
+    labelled = [synthetic.person_attributes(p, 3) for p in range(1, 13)]
+    labelled += [synthetic.person_attributes(plan.DISTRACTOR_PERSON_BASE + i, 3)
+                 for i in range(SMALL["num_distractors"])]
+    labelled += [synthetic.person_attributes(plan.JUNK_PERSON_BASE + i, 3)
+                 for i in range(SMALL["num_junk"])]
+    for pid in pool_pids:
+        assert synthetic.person_attributes(pid, 3) not in labelled
+
+
+def test_pool_deterministic_and_never_over_another_folder(pool, tmp_path):
+    again = generate_pool(str(tmp_path / "again"), seed=3, num_workers=2, **POOL)
+    assert _files(again) == _files(pool)
+    before = _mtimes(pool)
+    assert generate_pool(pool, seed=3, **POOL) == pool  # same arguments: untouched
+    with pytest.raises(ValueError, match="num_images: existing=30, requested=31"):
+        generate_pool(pool, seed=3, **{**POOL, "num_images": 31})
+    with pytest.raises(ValueError, match="format: existing='personvit_jax.synthetic_pool', "
+                                         "requested='personvit_jax.synthetic_market'"):
+        generate_synthetic_market(pool, seed=3)
+    assert _mtimes(pool) == before
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "a.jpg").write_bytes(b"not ours")
+    with pytest.raises(ValueError, match=f"{user}' exists but has no readable manifest.json"):
+        generate_pool(str(user), **POOL)
+    assert os.listdir(user) == ["a.jpg"]
+    with pytest.raises(ValueError, match=r"cameras_per_id=\(6, 9\): must be \(lo, hi\) with "
+                                         r"1 <= lo <= hi and lo <= num_cameras \(5\)"):
+        generate_pool(str(tmp_path / "bad"), **{**POOL, "cameras_per_id": (6, 9)})
+    assert not os.path.exists(tmp_path / "bad")
+
+
+def test_pool_builds_as_unlabeled_folder_and_pretraining_reads_it(pool, tmp_path):
+    import ml_collections
+
+    data_dir = str(tmp_path / "data")
+    summary = prepare("unlabeled_folder", pool, data_dir, part_size=16, out=lambda _: None)
+    assert summary["complete"] and summary["images"] == 30 and summary["parts"] == 2
+    cfg = ml_collections.ConfigDict({"name": "unlabeled_folder", "data_dir": data_dir})
+    images = pipeline.unlabeled_images(cfg, str(tmp_path / "index.txt"))
+    names = _pool_names(pool)
+    assert list(images.paths) == names  # manifest.json is not an image: left out
+    with open(os.path.join(pool, names[7]), "rb") as f:
+        assert images.records[7]["image"] == f.read()
+    assert np.asarray(images.image(7)).shape == (128, 64, 3)
+
+
+def test_pool_cli(tmp_path, capsys):
+    out = str(tmp_path / "p")
+    assert cli(["--pool", f"--out={out}", "--num_images=6", "--num_cameras=2", "--workers=1",
+                "--images_per_id", "1", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "images=6" in text and "--dataset=unlabeled_folder" in text
+    assert len(_pool_names(out)) == 6
+    with pytest.raises(SystemExit):
+        cli(["--pool", f"--out={out}2", "--num_junk=3"])
+    assert "--num_junk: not an argument of the pool" in capsys.readouterr().err

@@ -1,12 +1,13 @@
-"""Procedural, seeded stand-in for Market-1501.
+"""Procedural, seeded stand-in for Market-1501 (labelled set) and LUPerson (unlabeled pool).
 
 Why this exists
 ---------------
 Real re-identification data cannot be downloaded on the machines this project runs on, yet the
 training / evaluation code must be exercised on something that *is* a re-identification
 problem. This package draws simple people with numpy + ``PIL.ImageDraw`` and writes them as
-JPEGs in the exact Market-1501 folder layout and file naming, built and read through the same
-TFDS path as market1501 (``build.py``).
+JPEGs: the labelled set in the exact Market-1501 folder layout and file naming, built and read
+through the same TFDS path as market1501 (``build.py``); the unlabeled pool as a folder tree of
+new people in many scenes for ``data.prepare --dataset=unlabeled_folder``.
 
 The flow, one module per step::
 
@@ -14,10 +15,10 @@ The flow, one module per step::
     people.py    identity: a person's attributes, and drawing them in a pose
     scenes.py    nuisance per camera: colour / optics style and scene panorama; style domains
     render.py    one image: background window, person, bystanders, occluders, camera optics
-    plan.py      which images the set holds, their folders and names
+    plan.py      which images a set holds, their folders and names (labelled set, pool)
     write.py     checked arguments -> rendered folder + manifest.json, atomically
-    build.py     the set under data_dir -> its TFDS build (data.name=synthetic)
-    __main__.py  ``python -m personvit_jax.synthetic --out=DIR``
+    build.py     the labelled set under data_dir -> its TFDS build (data.name=synthetic)
+    __main__.py  ``python -m personvit_jax.synthetic [--pool] --out=DIR``
 
 Identity versus nuisance
 ------------------------
@@ -46,13 +47,16 @@ otherwise (``write.py``).
 """
 
 from personvit_jax.synthetic.people import PersonAttributes, person_attributes
-from personvit_jax.synthetic.plan import SPLITS
+from personvit_jax.synthetic.plan import POOL_PERSON_BASE, SPLITS
 from personvit_jax.synthetic.scenes import CameraStyle, camera_style, domain_shift
-from personvit_jax.synthetic.write import (FORMAT_NAME, FORMAT_VERSION, MANIFEST,
-                                           generate_synthetic_market, market_args, read_manifest)
+from personvit_jax.synthetic.write import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, POOL_FORMAT_NAME,
+                                           POOL_FORMAT_VERSION, generate_pool,
+                                           generate_synthetic_market, market_args, pool_args,
+                                           read_manifest)
 
 __all__ = [
-    "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "SPLITS", "CameraStyle", "PersonAttributes",
-    "camera_style", "domain_shift", "generate_synthetic_market", "market_args",
-    "person_attributes", "read_manifest",
+    "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "POOL_FORMAT_NAME", "POOL_FORMAT_VERSION",
+    "POOL_PERSON_BASE", "SPLITS", "CameraStyle", "PersonAttributes", "camera_style",
+    "domain_shift", "generate_pool", "generate_synthetic_market", "market_args", "person_attributes",
+    "pool_args", "read_manifest",
 ]

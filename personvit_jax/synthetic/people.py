@@ -166,7 +166,7 @@ class PersonAttributes:
 
 
 def sample_attributes(rng: np.random.Generator) -> PersonAttributes:
-    """Draw one person. Used for real ids, distractors and background people."""
+    """Draw one person. Used for real ids, distractors, pool people and background people."""
     top_color = _jitter_color(rng, choice(rng, TOP_COLORS))
     pattern = choice(rng, _PATTERNS)
     # The second garment colour must differ visibly, or the pattern vanishes.

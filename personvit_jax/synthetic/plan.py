@@ -1,4 +1,4 @@
-"""Planning: which images the set holds, their folders, file names and random streams (no drawing).
+"""Planning: which images a set holds, their folders, file names and random streams (no drawing).
 
 Labelled set (Market-1501 layout and naming)::
 
@@ -9,9 +9,15 @@ Labelled set (Market-1501 layout and naming)::
 ``PPPP_cCsS_FFFFFF_NN.jpg``: person id (4 digits, ``-1`` junk, ``0000`` distractor), camera,
 sequence (1-6), frame (6 digits), box index within the frame.
 
+Unlabeled pool (a small LUPerson: new people, many scenes)::
+
+    0000/2000000_c1042_00.jpg       <pool person j // 1000>/<pid>_c<camera>_<k>.jpg
+    0000/2000000_c1042_01.jpg       pid = POOL_PERSON_BASE + j, camera = POOL_CAMERA_BASE + c
+
 Person ids live in disjoint blocks, so no two roles ever share a person (a person is
 ``person_attributes(pid, seed)``): 1..9999 the labelled identities, DISTRACTOR_PERSON_BASE + i the
-people on distractor images, JUNK_PERSON_BASE + i the strangers on junk images.
+people on distractor images, JUNK_PERSON_BASE + i the strangers on junk images, POOL_PERSON_BASE + j
+the pool's people. Cameras too: 1..9 the labelled set's, POOL_CAMERA_BASE + c the pool's scenes.
 """
 
 from __future__ import annotations
@@ -20,11 +26,15 @@ import dataclasses
 
 import numpy as np
 
-from personvit_jax.synthetic.streams import TAG_DISTRACTOR, TAG_IMAGE, TAG_JUNK, TAG_LAYOUT, stream
+from personvit_jax.synthetic.streams import (TAG_DISTRACTOR, TAG_IMAGE, TAG_JUNK, TAG_LAYOUT,
+                                             TAG_POOL_LAYOUT, stream)
 
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 DISTRACTOR_PERSON_BASE = 1_000_000  # far above any labelled id (at most 9999)
-JUNK_PERSON_BASE = 1_500_000
+JUNK_PERSON_BASE = 1_500_000  # so at most 500,000 distractors
+POOL_PERSON_BASE = 2_000_000  # so at most 500,000 junk images
+POOL_CAMERA_BASE = 1000  # far above any labelled camera (at most 9)
+_POOL_IDS_PER_FOLDER = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,3 +114,32 @@ def plan_market(args: dict) -> list[ImageSpec]:
     specs += _plan_extras(seed, TAG_DISTRACTOR, args["num_distractors"], 0, cams, used)
     specs += _plan_extras(seed, TAG_JUNK, args["num_junk"], -1, cams, used)
     return specs
+
+
+def _plan_pool_person(seed: int, j: int, num_cameras: int, images_per_id: tuple[int, int],
+                      cameras_per_id: tuple[int, int]) -> list[ImageSpec]:
+    """Images of pool person j: n of them over k cameras of the pool's bank (k <= n, one
+    tracklet and at least one image per camera), like a person crossing a few videos."""
+    rng = stream(seed, TAG_POOL_LAYOUT, j)
+    n = int(rng.integers(images_per_id[0], images_per_id[1] + 1))
+    k_max = min(cameras_per_id[1], n, num_cameras)
+    k = int(rng.integers(min(cameras_per_id[0], k_max), k_max + 1))
+    cams = sorted(POOL_CAMERA_BASE + 1 + int(c)
+                  for c in rng.choice(num_cameras, size=k, replace=False))
+    counts = 1 + rng.multinomial(n - k, np.full(k, 1.0 / k))
+    pid, folder = POOL_PERSON_BASE + j, f"{j // _POOL_IDS_PER_FOLDER:04d}"
+    return [ImageSpec(folder, f"{pid:07d}_c{cam:04d}_{t:02d}.jpg", pid, cam, "person",
+                      (TAG_IMAGE, pid, cam, t))
+            for cam, count in zip(cams, counts) for t in range(int(count))]
+
+
+def plan_pool(args: dict) -> list[ImageSpec]:
+    """Exactly ``num_images`` pool images: people 0, 1, ... in order, the last one cut short."""
+    specs: list[ImageSpec] = []
+    j = 0
+    while len(specs) < args["num_images"]:
+        specs += _plan_pool_person(args["seed"], j, args["num_cameras"],
+                                   tuple(args["images_per_id"]), tuple(args["cameras_per_id"]))
+        j += 1
+    return specs[:args["num_images"]]
+

@@ -29,6 +29,7 @@ TAG_JUNK = 8  # (seed, TAG_JUNK, i, 0): name; (..., i, 1): image
 # (style_seed, TAG_DOMAIN): a domain's shared shift; (style_seed, TAG_DOMAIN, TAG_CAMERA, ...)
 # etc.: its cameras and scenes, the same families as above moved into the domain's own space.
 TAG_DOMAIN = 9
+TAG_POOL_LAYOUT = 10  # (seed, TAG_POOL_LAYOUT, j): pool person j's cameras and image counts
 
 
 def stream(seed: int, *keys: int) -> np.random.Generator:

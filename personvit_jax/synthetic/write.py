@@ -1,8 +1,8 @@
-"""Writing the set: checked arguments -> plan -> rendered JPEGs in a folder tree + manifest.json.
+"""Writing a set: checked arguments -> plan -> rendered JPEGs in a folder tree + manifest.json.
 
-It is written into a staging folder that is renamed into place only when complete
-(`builders.build_atomically`, the helper the TFDS builds use), so an interrupted run never
-leaves a half-written root. ``root/manifest.json`` records the format, its
+Both kinds of set are written the same way: into a staging folder that is renamed into place
+only when complete (`builders.build_atomically`, the helper the TFDS builds use), so an
+interrupted run never leaves a half-written root. ``root/manifest.json`` records the format, its
 version and every generator argument; an existing root is returned untouched when its manifest
 matches the request and is never overwritten or deleted otherwise (the error names the folder
 and both argument sets).
@@ -23,18 +23,20 @@ from typing import Callable, Optional, Sequence
 
 from personvit_jax.data import builders
 from personvit_jax.synthetic import render
-from personvit_jax.synthetic.plan import SPLITS, ImageSpec, plan_market
+from personvit_jax.synthetic.plan import SPLITS, ImageSpec, plan_market, plan_pool
 
 FORMAT_NAME = "personvit_jax.synthetic_market"
 # Bump whenever the rendered bytes change for the same arguments, so an old
 # set on disk is reported as different instead of silently reused.
 FORMAT_VERSION = 2
+POOL_FORMAT_NAME = "personvit_jax.synthetic_pool"
+POOL_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _JPEG_QUALITY = 90
 
 
 # ---------------------------------------------------------------------------------------------
-# Arguments: the defaults live in this signature (the CLI reads them from here)
+# Arguments: the defaults live in these signatures (the CLI reads them from here)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -76,9 +78,44 @@ def market_args(seed: int = 0, num_train_ids: int = 450, num_test_ids: int = 150
     if not 4 <= lo <= hi:
         raise ValueError(f"images_per_id={tuple(images_per_id)!r}: must be (lo, hi) with "
                          "4 <= lo <= hi (two cameras x two images)")
-    for key in ("num_distractors", "num_junk"):
-        if args[key] < 0:
-            raise ValueError(f"{key}={args[key]!r}: must be >= 0")
+    for key in ("num_distractors", "num_junk"):  # their people own blocks of 500,000 ids
+        if not 0 <= args[key] < 500_000:
+            raise ValueError(f"{key}={args[key]!r}: must be in 0..499999")
+    return args
+
+
+def pool_args(seed: int = 0, num_images: int = 20_000, num_cameras: int = 300,
+              images_per_id: Sequence[int] = (1, 6), cameras_per_id: Sequence[int] = (1, 3),
+              height: int = 128, width: int = 64, style_seed: Optional[int] = None) -> dict:
+    """The unlabeled pool's complete, checked generator arguments: ``num_images`` images of new
+    people (none of any labelled set's, plan.py), each person with ``images_per_id`` images
+    (uniform, inclusive) seen by ``cameras_per_id`` of ``num_cameras`` cameras (each its own
+    scene and colour style, none of them a labelled set's camera). ``style_seed`` as for the
+    labelled set."""
+    args = {
+        "seed": seed,
+        "num_images": int(num_images),
+        "num_cameras": int(num_cameras),
+        "images_per_id": [int(images_per_id[0]), int(images_per_id[1])],
+        "cameras_per_id": [int(cameras_per_id[0]), int(cameras_per_id[1])],
+        "height": int(height),
+        "width": int(width),
+    }
+    if style_seed is not None:
+        args["style_seed"] = style_seed
+    _check_common(args)
+    if not 1 <= args["num_images"] <= 5_000_000:
+        raise ValueError(f"num_images={num_images!r}: must be in 1..5000000")
+    if not 1 <= args["num_cameras"] <= 8999:
+        raise ValueError(f"num_cameras={num_cameras!r}: must be in 1..8999")
+    lo, hi = args["images_per_id"]
+    if not 1 <= lo <= hi <= 99:
+        raise ValueError(f"images_per_id={tuple(args['images_per_id'])!r}: must be (lo, hi) "
+                         "with 1 <= lo <= hi <= 99")
+    lo, hi = args["cameras_per_id"]  # more than a person's images or the bank: capped
+    if not 1 <= lo <= min(hi, args["num_cameras"]):
+        raise ValueError(f"cameras_per_id={tuple(args['cameras_per_id'])!r}: must be (lo, hi) "
+                         f"with 1 <= lo <= hi and lo <= num_cameras ({args['num_cameras']})")
     return args
 
 
@@ -93,7 +130,7 @@ def _check_common(args: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The set
+# The two kinds of set
 # ---------------------------------------------------------------------------------------------
 
 
@@ -118,6 +155,17 @@ def generate_synthetic_market(root: str, *, num_workers: int = 1,
                       _market_counts, num_ids, num_workers, log)
 
 
+def generate_pool(root: str, *, num_workers: int = 1, log: Callable[[str], None] = lambda _: None,
+                  **generator_args) -> str:
+    """Writes the unlabeled pool (plan.py: ``<root>/<folder>/<pid>_c<camera>_<k>.jpg``) to
+    `root` if absent; returns root. `generator_args`: those of `pool_args`. Same guarantees
+    as `generate_synthetic_market`. Build it for pretraining with
+    ``python -m personvit_jax.data.prepare --dataset=unlabeled_folder --source=ROOT``."""
+    args = pool_args(**generator_args)
+    return _write_set(os.fspath(root), POOL_FORMAT_NAME, POOL_FORMAT_VERSION, args, plan_pool,
+                      _pool_counts, 0, num_workers, log)
+
+
 def _market_counts(specs: list[ImageSpec]) -> dict:
     counts = {}
     for split in SPLITS:
@@ -129,6 +177,11 @@ def _market_counts(specs: list[ImageSpec]) -> dict:
             "junk": sum(s.pid < 0 for s in items),
         }
     return counts
+
+
+def _pool_counts(specs: list[ImageSpec]) -> dict:
+    return {"images": len(specs), "ids": len({s.pid for s in specs}),
+            "cameras": len({s.cam for s in specs}), "folders": len({s.folder for s in specs})}
 
 
 def read_manifest(root: str) -> Optional[dict]:
