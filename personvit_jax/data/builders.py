@@ -559,12 +559,11 @@ def load_record_splits(name: str, data_dir: str, config: Optional[str] = None
     if name not in LABELLED_BUILDERS and name != Synthetic.name:
         raise ValueError(f"config.data.name={name!r}: expected one of "
                          f"{sorted(LABELLED_BUILDERS) + [Synthetic.name]}")
-    kwargs = {"config": _named_config(config)} if config else {}
-    if not os.path.isfile(os.path.join(data_dir, name, *([config] if config else []), VERSION,
-                                       "dataset_info.json")):
+    metadata = built_metadata(name, data_dir, config)
+    if metadata is None:
         raise FileNotFoundError(_prepare_hint(name, data_dir))
-    has_cams = bool(tfds.builder(name, data_dir=data_dir, **kwargs)
-                    .info.metadata["has_camera_ids"])
+    has_cams = bool(metadata["has_camera_ids"])
+    kwargs = {"config": _named_config(config)} if config else {}
     splits = {}
     for split_name, source in _data_source(name, data_dir, builder_kwargs=kwargs).items():
         names, pids, camids = _labels(source)
