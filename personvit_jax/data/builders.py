@@ -276,7 +276,7 @@ class Synthetic(Market1501):
     metadata as `synthetic`: the build's identity). One config per argument set."""
 
     name = "synthetic"
-    MANIFEST = "manifest.json"
+    MANIFEST = "manifest.json"  # synthetic.write.MANIFEST (that package imports this module)
     FOLDER, EXPECTED = "", (*layouts.MARKET_SUBDIRS.values(), MANIFEST)
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Generated, not downloaded: data.name=synthetic generates and builds it on first use "

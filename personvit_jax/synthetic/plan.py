@@ -26,10 +26,11 @@ import dataclasses
 
 import numpy as np
 
+from personvit_jax.data.layouts import MARKET_SUBDIRS
 from personvit_jax.synthetic.streams import (TAG_DISTRACTOR, TAG_IMAGE, TAG_JUNK, TAG_LAYOUT,
                                              TAG_POOL_LAYOUT, stream)
 
-SPLITS = ("bounding_box_train", "query", "bounding_box_test")
+SPLITS = tuple(MARKET_SUBDIRS.values())  # bounding_box_train, query, bounding_box_test
 DISTRACTOR_PERSON_BASE = 1_000_000  # far above any labelled id (at most 9999)
 JUNK_PERSON_BASE = 1_500_000  # so at most 500,000 distractors
 POOL_PERSON_BASE = 2_000_000  # so at most 500,000 junk images
