@@ -229,3 +229,38 @@ def pretrain_iterator(images: Union[Split, Sequence[str]], data_cfg, mask_cfg, m
     loader = PretrainBatchLoader(images, data_cfg, mask_cfg, mask_grid, batch_size, seed, local)
     ds = grain.MapDataset.range(num_steps).map(loader)
     return _iter(ds, data_cfg.num_workers, data_cfg.prefetch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Label-efficiency experiments: a seeded fraction of the train identities.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Rows:
+    """Rows `index` of a random-access source (e.g. a TFDS data source), itself random-access."""
+
+    def __init__(self, source, index: np.ndarray):
+        self.source, self.index = source, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        return self.source[int(self.index[i])]
+
+
+def subset_identities(split: Split, fraction: float, seed: int) -> Split:
+    """The images of round(fraction x identities) identities of `split`, drawn from `seed`,
+    their pids relabelled 0..C'-1 (a train split with fewer labels; 1.0 = `split` itself)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"config.data.train_id_fraction={fraction}: expected a value in (0, 1]")
+    if fraction == 1.0:
+        return split
+    ids = np.unique(split.pids)
+    keep_n = max(2, int(round(fraction * len(ids))))  # the triplet needs two identities
+    kept = np.sort(np.random.default_rng([seed, 7]).choice(ids, keep_n, replace=False))
+    index = np.flatnonzero(np.isin(split.pids, kept))
+    return Split(split.name, [split.paths[i] for i in index],
+                 layouts.relabel_pids(split.pids[index]), split.camids[index],
+                 records=None if split.records is None else _Rows(split.records, index),
+                 has_camera_ids=split.has_camera_ids)
