@@ -6,7 +6,7 @@ r"""A converted full-size ViT against its PyTorch original, and what the differe
 Builds a random PersonViT ReID model with the PyTorch modules of
 tests/fixtures/make_weights_fixtures.py (the fixtures' weight scales: larger than trained weights,
 so the residual stream grows large), saves it as .pth, converts it with
-`personvit_jax.tools.convert` and runs it through `evaluation.features.checkpoint_embed_fn`
+`personvit_jax.tools.convert` and runs it through `inference.load_model`
 (float32). The feature is the test feature before the BNNeck. One JSON line each:
 
   compare   max |a - b| on the raw feature and after L2 normalisation, for ours vs PyTorch
@@ -31,7 +31,6 @@ import sys
 import tempfile
 
 import jax
-import ml_collections
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,10 +40,9 @@ sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
 import make_weights_fixtures as ref  # noqa: E402  (needs PyTorch: requirements-convert.txt)
 import torch  # noqa: E402
 
-from personvit_jax.evaluation.features import checkpoint_embed_fn  # noqa: E402
+from personvit_jax import inference  # noqa: E402
 from personvit_jax.models.vit import VIT_SIZES  # noqa: E402
 from personvit_jax.tools import convert  # noqa: E402
-from personvit_jax.training import checkpointing  # noqa: E402
 
 IMAGE_HW, PATCH, NUM_CLASSES = (256, 128), 16, 751
 
@@ -68,11 +66,8 @@ def ours(model: torch.nn.Module, images: np.ndarray, workdir: str) -> np.ndarray
     path, out = os.path.join(workdir, "model.pth"), os.path.join(workdir, "converted")
     torch.save(model.state_dict(), path)
     convert.convert(path, out, image_size=IMAGE_HW, log=lambda *_: None)
-    cfg = checkpointing.saved_config(out)
-    eval_cfg = ml_collections.ConfigDict({"neck_feat": "before", "normalize": False,
-                                          "flip": False})
-    embed, variables, _ = checkpoint_embed_fn(out, cfg.model, eval_cfg)
-    return np.asarray(jax.jit(embed)(variables, images, np.zeros(len(images), np.int32)))
+    embed = inference.load_model(out).bound_embed(normalize=False)
+    return np.asarray(jax.jit(embed)(images))
 
 
 def l2n(x: np.ndarray) -> np.ndarray:

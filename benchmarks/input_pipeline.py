@@ -28,9 +28,9 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from personvit_jax.config_args import load_config  # noqa: E402
 from personvit_jax.data import pipeline  # noqa: E402
 from personvit_jax.models.vit import grid_size  # noqa: E402
-from train_step import load_config  # noqa: E402
 
 # A few hundred Market-size images are enough: every batch is decoded and augmented afresh.
 SYNTHETIC = {"seed": 0, "num_train_ids": 120, "num_test_ids": 10, "images_per_id": (4, 8),

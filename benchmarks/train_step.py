@@ -17,7 +17,6 @@ CPU, 8192 on an accelerator, where smaller ones leave it partly idle).
 
 import argparse
 import ast
-import importlib.util
 import json
 import os
 import statistics
@@ -31,6 +30,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from personvit_jax.config_args import load_config  # noqa: E402
 from personvit_jax.data import color_augment  # noqa: E402
 from personvit_jax.models.reid import reid_model_from_config  # noqa: E402
 from personvit_jax.models.pretrain import pretrain_model_from_config  # noqa: E402
@@ -42,13 +42,6 @@ from personvit_jax.training import optim, sharding  # noqa: E402
 DEVICE_PEAK = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
                "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12, "TPU v4": 275e12,
                "TPU v5 lite": 197e12, "TPU v5p": 459e12}
-
-
-def load_config(name, arg):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
 
 
 def matmul_peak(dtype="float32", n=2048, reps=5) -> float:

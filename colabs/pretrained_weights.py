@@ -92,14 +92,15 @@ import numpy as np
 from IPython.display import display
 from PIL import Image
 
+from personvit_jax import files
 from personvit_jax.config_args import load_config
 from personvit_jax.data.layouts import list_images
 from personvit_jax.synthetic import generate_synthetic_market
 from personvit_jax.evaluation import visualize
 from personvit_jax.evaluation.attention import checkpoint_cls_attention
 from personvit_jax.tools import convert, export, extract
+from personvit_jax.inference import saved_config
 from personvit_jax.tools.weights_io import read_weights
-from personvit_jax.training.checkpointing import saved_config
 from personvit_jax.training.logging import quiet_library_logs
 
 quiet_library_logs()
@@ -213,7 +214,7 @@ display(visualize.attention_image(people, maps))
 # %%
 EXPORTED = os.path.join(WORKDIR, "extractor.jax")
 exported, info = export.export_extractor(CONVERTED)
-export.write_bytes(EXPORTED, exported.serialize(), overwrite=True)
+files.write_bytes(EXPORTED, exported.serialize())
 print(f"{EXPORTED}: {os.path.getsize(EXPORTED) / 1e6:.1f} MB, {exported.in_avals} -> "
       f"{exported.out_avals}, platforms {exported.platforms}")
 

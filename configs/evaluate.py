@@ -15,26 +15,15 @@ then default to configs/finetune.py).
 `arg`: `dataset=` market1501 | dukemtmc | msmt17 | occluded_duke | synthetic.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from personvit_jax.config_args import mesh_config, parse_config_arg
-
-
-def _finetune_config():
-    spec = importlib.util.spec_from_file_location(
-        "finetune_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "finetune.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+from personvit_jax.config_args import load_config, mesh_config, parse_config_arg
 
 
 def get_config(arg=None):
     args = parse_config_arg(arg, {"dataset": "market1501"}, "configs/evaluate.py")
-    finetune = _finetune_config()
+    finetune = load_config("finetune")
     c = ml_collections.ConfigDict()
     c.stage = "evaluate"  # selects personvit_jax.stages.evaluate.evaluate
     c.checkpoint = ""  # required: run workdir, checkpoints/ folder, step folder or converted dir

@@ -56,6 +56,10 @@ def get_config(arg=None):
         {"prob": 0.0, "brightness": 0.15, "contrast": 0.15, "saturation": 0.1, "hue": 0.1})
     d.mean = (0.5, 0.5, 0.5)  # normalisation mean (PersonViT: 0.5, not ImageNet's)
     d.std = (0.5, 0.5, 0.5)  # normalisation std
+    # Label efficiency: train on this fraction of the train identities (all their images),
+    # drawn with `subset_seed`; 1.0 = all
+    d.train_id_fraction = 1.0
+    d.subset_seed = 0
     d.num_workers = 0  # Grain worker processes for decoding/augmentation (0 = threads only)
     d.prefetch = 2  # batches prepared ahead (memory: a 64 x 256 x 128 batch is 25 MB)
     # Only for dataset=synthetic: arguments of personvit_jax.synthetic.market_args (the others,
@@ -84,6 +88,10 @@ def get_config(arg=None):
     m.sie = False  # TransReID side-information (camera) embedding
     m.jpm = False  # TransReID jigsaw patch module (4 local branches); PersonViT keeps it off
     m.jpm_groups = 4  # JPM local branches
+    m.jpm_shift = 5  # JPM: patches rotated by shift - 1 before shuffling (TransReID)
+    m.jpm_shuffle_groups = 2  # JPM: interleaved chunks of the rotated patch sequence
+    m.jpm_rearrange = True  # JPM: shift and shuffle at all (TransReID's --RE_ARRANGE)
+    m.sie_coef = 3.0  # SIE: camera embedding scale (TransReID's SIE_COE)
     # Mixed precision: bfloat16 matmuls/activations in the ViT; parameters, optimizer state,
     # LayerNorms, softmaxes, the BNNeck and the losses stay float32.
     m.compute_dtype = "float32"  # float32 | bfloat16
@@ -111,6 +119,9 @@ def get_config(arg=None):
     o.warmup_factor = 0.01  # warm-up starts at 0.01 x base_lr
     o.final_lr_factor = 0.002  # cosine ends at 0.002 x base_lr
     o.per_epoch_schedule = True  # LR changes once per epoch (as PersonViT); False = every step
+    # Layer-wise LR decay (BEiT / iBOT fine-tuning of self-supervised ViTs): block i learns at
+    # layer_decay ** (depth - i) x the LR, the embeddings at layer_decay ** (depth + 1); 1 = off
+    o.layer_decay = 1.0
     # Gradient accumulation: each step's P x K batch runs as `accum_steps` micro-batches of
     # whole identities (P / accum_steps ids each), one optimizer update per step. The triplet
     # mines and BatchNorm normalises within a micro-batch, so this is NOT a P x K batch of

@@ -9,23 +9,39 @@ import os
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
+def config_path(name: str) -> str:
+    """configs/<name>.py of this repository, or `name` itself when it is a path to a .py file
+    (as `--config=configs/finetune.py` gives it)."""
+    if name.endswith(".py"):
+        return os.path.abspath(os.path.expanduser(name))
+    return os.path.join(CONFIGS_DIR, f"{name}.py")
+
+
 def load_config_module(name: str):
-    """configs/<name>.py of this repository as a module (configs/ is not a package)."""
-    path = os.path.join(CONFIGS_DIR, f"{name}.py")
+    """A config file as a module (configs/ is not a package); `name` as in `config_path`."""
+    path = config_path(name)
     if not os.path.isfile(path):
         known = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith(".py"))
         raise FileNotFoundError(f"{path} does not exist: expected a config name in {known}")
-    spec = importlib.util.spec_from_file_location(f"personvit_configs_{name}", path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"personvit_configs_{stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def load_config(name: str, arg: str | None = None):
-    """The config `--config=configs/<name>.py:<arg>` starts from, e.g.
-    `load_config("finetune", "synthetic")`; change fields as `--config.x.y=` would, then pass it
-    to the stage (`personvit_jax.stages.<stage>`)."""
+    """THE config loader: the config `--config=configs/<name>.py:<arg>` starts from, e.g.
+    `load_config("finetune", "synthetic")` (or a path: `load_config("configs/finetune.py")`);
+    change fields as `--config.x.y=` would, then pass it to the stage
+    (`personvit_jax.stages.<stage>`). The command line (`config_flags`) reads the same files."""
     return load_config_module(name).get_config(arg)
+
+
+def load_config_spec(spec: str):
+    """'path/to/config.py[:arg]' (the --config flag's value) -> its config."""
+    path, _, arg = spec.partition(":")
+    return load_config(path, arg or None)
 
 
 def parse_config_arg(arg: str | None, defaults: dict, source: str) -> dict:

@@ -81,6 +81,18 @@ def teacher_probs(teacher_logits: jax.Array, center: jax.Array, temp) -> jax.Arr
     return jax.lax.stop_gradient(jax.nn.softmax(t, axis=-1))
 
 
+def teacher_entropies(teacher_logits: jax.Array, center_1k: jax.Array, temp) -> dict:
+    """DINO's two collapse signals over the teacher's centred, sharpened distributions p of a
+    batch (rows over every leading axis), in nats (ln K at most): `entropy_of_mean` H(mean p)
+    falls towards 0 when every image goes to the same prototypes; `mean_entropy` mean H(p)
+    rises towards ln K when every distribution turns uniform. Healthy: the first high, the
+    second well below it."""
+    p = teacher_probs(teacher_logits, center_1k, temp)
+    p = p.reshape(-1, p.shape[-1])
+    ent = lambda q: -jnp.sum(q * jnp.log(jnp.maximum(q, 1e-30)), -1)
+    return {"entropy_of_mean": ent(jnp.mean(p, 0)), "mean_entropy": jnp.mean(ent(p))}
+
+
 def cls_distillation(student_vbk: jax.Array, teacher_gbk: jax.Array, center_1k: jax.Array,
                      student_temp: float, teacher_temp) -> jax.Array:
     """DINO/iBOT CLS loss: teacher global crop q vs every student crop v != q, averaged over

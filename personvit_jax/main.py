@@ -6,14 +6,17 @@ on `config.stage`.
 Re-running the same command resumes from the latest checkpoint in --workdir.
 """
 
-import importlib.util
+import importlib
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from personvit_jax import cli
+from personvit_jax.config_args import load_config_spec
 from personvit_jax.training.logging import quiet_library_logs
+from personvit_jax.validation import check_override_keys
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<stage>.py[:args]).",
                                           lock_config=True)
@@ -25,7 +28,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-STAGES = ("finetune", "pretrain", "evaluate")
+STAGES = {"finetune": "train", "pretrain": "train", "evaluate": "evaluate"}  # module: function
 
 
 def _setup_jax() -> None:
@@ -50,41 +53,50 @@ def main(argv) -> None:
     config = _CONFIG.value
     quiet_library_logs()
     _setup_jax()
-    if config.stage == "finetune":
-        from personvit_jax.stages.finetune import train
-    elif config.stage == "pretrain":
-        from personvit_jax.stages.pretrain import train
-    elif config.stage == "evaluate":
-        from personvit_jax.stages.evaluate import evaluate as train
-    else:
-        raise ValueError(f"config.stage={config.stage!r}: expected one of {STAGES}")
-    train(config, _WORKDIR.value)
+    try:
+        if config.stage not in STAGES:
+            raise ValueError(f"config.stage={config.stage!r}: expected one of {sorted(STAGES)}")
+        stage = importlib.import_module(f"personvit_jax.stages.{config.stage}")
+        getattr(stage, STAGES[config.stage])(config, _WORKDIR.value)
+    except Exception as e:  # one line for anticipated errors; a traceback for the rest
+        sys.exit(cli.report(e))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with a readable error for `--config.x.y=` overrides of keys that do
-    not exist (ml_collections reports those as a bare AttributeError)."""
+    """absl flag parsing with one-line errors: a bad flag, a config file that refuses its
+    argument, or a `--config.x.y=` override of a key that does not exist (ml_collections
+    reports those as a bare AttributeError)."""
     try:
         return flags.FLAGS(argv)
+    except flags.Error as e:
+        spec = _config_spec(argv)
+        if spec is not None and "Error whilst parsing config file" in str(e):
+            try:  # ml_collections folds the config file's own error into a traceback text
+                load_config_spec(spec)
+            except Exception as inner:  # noqa: BLE001 (report re-raises unexpected ones)
+                raise SystemExit(cli.report(inner)) from e
+        print(f"error: {cli.one_line(e)} (see --helpfull)", file=sys.stderr)
+        raise SystemExit(cli.EXIT_USER_ERROR) from e
     except (AttributeError, KeyError) as e:
         msg = _unknown_override(argv)
         if msg is None:
             raise
-        print(f"FATAL config error: {msg}", file=sys.stderr)
-        raise SystemExit(2) from e
+        print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(cli.EXIT_USER_ERROR) from e
+    except Exception as e:  # e.g. the config file's own argument check
+        raise SystemExit(cli.report(e)) from e
+
+
+def _config_spec(argv: list[str]):
+    """The value of --config= ('path/to/config.py[:arg]'), or None."""
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
 
 
 def _unknown_override(argv: list[str]):
-    from personvit_jax.validation import check_override_keys
-
-    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    spec = _config_spec(argv)
     if spec is None:
         return None
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_user_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return check_override_keys(module.get_config(arg or None), argv)
+    return check_override_keys(load_config_spec(spec), argv)
 
 
 if __name__ == "__main__":

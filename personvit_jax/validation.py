@@ -13,6 +13,10 @@ from typing import Iterable, Optional
 
 import ml_collections
 
+from personvit_jax import files
+from personvit_jax.models.vit import vit_from_config
+from personvit_jax.training.loop import NONFINITE_MODES
+
 # Fields whose change makes a workdir's checkpoints unusable (array shapes, number of classes).
 SHAPE_FIELDS = (
     "stage", "model.name", "model.width", "model.depth", "model.num_heads", "model.patch_size",
@@ -69,10 +73,11 @@ def _check_patch_grid(cfg, size_key: str) -> None:
 
 
 def check_common(cfg) -> None:
-    _check_choice(cfg, "model.name", ("vit_tiny", "vit_small", "vit_base"))
+    vit_from_config(cfg.model)  # the one check of model.name (and the sizes it implies)
     _check_choice(cfg, "model.compute_dtype", ("float32", "bfloat16"))
+    _check_choice(cfg, "model.pos_interp", ("bicubic", "bilinear"))
     _check_range(cfg, "model.drop_path_rate", 0.0, 0.99)
-    _check_choice(cfg, "nonfinite", ("stop", "skip"))
+    _check_choice(cfg, "nonfinite", NONFINITE_MODES)
     if cfg.model.patch_stride > cfg.model.patch_size or cfg.model.patch_stride < 1:
         _fail("model.patch_stride", cfg.model.patch_stride,
               f"expected 1 <= stride <= model.patch_size={cfg.model.patch_size}")
@@ -98,8 +103,15 @@ def check_finetune_config(cfg) -> None:
         _check_range(cfg, key, 0.0, 1.0)
     _check_choice(cfg, "optim.name", ("sgd", "adamw"))
     _check_choice(cfg, "loss.triplet", ("soft", "margin"))
+    check_eval_block(cfg)
+
+
+def check_eval_block(cfg) -> None:
+    """`eval` fields shared by the fine-tune and evaluate configs (and tools/extract)."""
     _check_choice(cfg, "eval.neck_feat", ("before", "after"))
     _check_choice(cfg, "eval.metric", ("euclidean", "cosine"))
+    if cfg.eval.batch_size < 1:
+        _fail("eval.batch_size", cfg.eval.batch_size, "expected a positive integer")
 
 
 def check_finetune_data(cfg, num_train_ids: int) -> None:
@@ -132,7 +144,6 @@ def check_pretrain_config(cfg) -> None:
         _fail("mask.start_epoch" if k.start_epoch < 0 else "mask.min_block",
               k.start_epoch if k.start_epoch < 0 else k.min_block, "expected >= 0")
     _check_choice(cfg, "optim.clip_mode", ("per_tensor", "global_norm"))
-    _check_choice(cfg, "model.pos_interp", ("bicubic", "bilinear"))
     if cfg.head.shared_head and cfg.head.out_dim != cfg.head.patch_out_dim:
         _fail("head.patch_out_dim", cfg.head.patch_out_dim,
               f"a shared head needs patch_out_dim == out_dim ({cfg.head.out_dim})")
@@ -173,10 +184,7 @@ def prepare_workdir(cfg, workdir: str, is_main: bool) -> str:
     has_checkpoint = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
     check_workdir_config(cfg, workdir, has_checkpoint)
     if is_main:
-        path = os.path.join(workdir, "config.json")
-        with open(path + ".tmp", "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2))
-        os.replace(path + ".tmp", path)
+        files.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
     return workdir
 
 

@@ -19,6 +19,8 @@ sys.path.insert(0, REPO)
 
 import pytest  # noqa: E402
 
+from personvit_jax.config_args import load_config  # noqa: E402
+
 TINY_SYNTHETIC = {"seed": 0, "num_train_ids": 8, "num_test_ids": 6, "num_distractors": 10,
                   "num_junk": 5, "images_per_id": (6, 10)}
 
@@ -102,11 +104,7 @@ def tiny_data_dir(tmp_path_factory):
 
 def tiny_finetune_config(data_dir, **overrides):
     """configs/finetune.py:synthetic shrunk to a seconds-long run on the tiny set."""
-    sys.path.insert(0, os.path.join(REPO, "configs"))
-    import importlib
-
-    finetune_cfg = importlib.import_module("finetune")
-    c = finetune_cfg.get_config("synthetic")
+    c = load_config("finetune", "synthetic")
     c.data.data_dir = data_dir
     c.data.synthetic = dict(TINY_SYNTHETIC)
     c.data.image_size = (64, 32)
@@ -139,10 +137,7 @@ def tiny_splits(tiny_data_dir):
 
 def tiny_pretrain_config(data_dir, **overrides):
     """configs/pretrain.py:synthetic shrunk to seconds on the tiny set."""
-    sys.path.insert(0, os.path.join(REPO, "configs"))
-    import importlib
-
-    c = importlib.import_module("pretrain").get_config("synthetic")
+    c = load_config("pretrain", "synthetic")
     c.data.data_dir = c.monitor.data_dir = data_dir
     c.data.synthetic = dict(TINY_SYNTHETIC)
     c.data.batch_size = 8

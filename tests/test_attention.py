@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from personvit_jax import inference
 from personvit_jax.data.augment import reid_test_transform
 from personvit_jax.evaluation.attention import checkpoint_cls_attention, cls_attention
 from personvit_jax.models.vit import LN_EPS, ViT, vit_from_config
@@ -83,7 +84,7 @@ def test_checkpoint_cls_attention_uses_the_checkpoints_backbone_and_preprocessin
     out = converted_personvit[0]
     images = _person_images(2)
     maps = checkpoint_cls_attention(out, images)
-    cfg = checkpointing.saved_config(out)
+    cfg = inference.saved_config(out)
     vit = vit_from_config(cfg.model)
     x = np.stack([reid_test_transform(im, cfg.data) for im in images])  # 64x32, mean/std 0.5
     params = checkpointing.load_state_tree(out)["params"]["backbone"]

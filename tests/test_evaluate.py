@@ -1,7 +1,6 @@
 """The evaluate stage: checkpoint -> features -> metrics / re-ranking / rank pictures, outputs
 never overwritten unless asked, clear errors without an architecture."""
 
-import importlib
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, TINY_SYNTHETIC, apply_overrides
+from personvit_jax.config_args import load_config
 from personvit_jax.stages import evaluate as evaluate_stage
 from personvit_jax.stages import finetune
 
@@ -27,8 +27,7 @@ def trained_run(tmp_path_factory, tiny_data_dir):
 
 
 def eval_config(data_dir, checkpoint, **overrides):
-    sys.path.insert(0, os.path.join(REPO, "configs"))
-    c = importlib.import_module("evaluate").get_config("dataset=synthetic")
+    c = load_config("evaluate", "dataset=synthetic")
     c.checkpoint = checkpoint
     c.data.data_dir = data_dir
     c.data.synthetic = dict(TINY_SYNTHETIC)

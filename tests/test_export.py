@@ -7,12 +7,11 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from conftest import tiny_finetune_config
-from personvit_jax.evaluation.features import checkpoint_embed_fn
+from personvit_jax import inference
 from personvit_jax.models.reid import reid_model_from_config
 from personvit_jax.models.vit import vit_from_config
 from personvit_jax.tools import export
@@ -69,19 +68,16 @@ def test_export_matches_in_process_features(tmp_path, kind, flip, neck):
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["in"] == "uint8[b,64,32,3]"
 
-    eval_cfg = ml_collections.ConfigDict({"neck_feat": neck or "before", "normalize": True,
-                                          "flip": flip})
-    embed, variables, got_kind = checkpoint_embed_fn(str(ckpt), config.model, eval_cfg)
-    assert got_kind == kind
+    loaded = inference.load_model(str(ckpt))
+    assert loaded.kind == kind
     x = (images_u8 / 255.0 - np.asarray(config.data.mean)) / np.asarray(config.data.std)
-    expected = np.asarray(embed(variables, x.astype(np.float32), None))
+    expected = np.asarray(loaded.bound_embed(neck or "before", flip=flip)(x.astype(np.float32)))
     for b in (2, 5):
         np.testing.assert_allclose(np.asarray(result["out"][str(b)]), expected[:b],
                                    rtol=1e-5, atol=1e-6)
     # Flip / neck side are baked in: they change the features.
-    other = dict(eval_cfg, flip=not flip)
-    embed2, _, _ = checkpoint_embed_fn(str(ckpt), config.model, ml_collections.ConfigDict(other))
-    assert np.abs(np.asarray(embed2(variables, x.astype(np.float32), None)) - expected).max() > 1e-4
+    other = np.asarray(loaded.bound_embed(neck or "before", flip=not flip)(x.astype(np.float32)))
+    assert np.abs(other - expected).max() > 1e-4
 
 
 def test_export_refuses_overwrite_and_missing_config(tmp_path, capsys):
@@ -89,7 +85,7 @@ def test_export_refuses_overwrite_and_missing_config(tmp_path, capsys):
     _write_tiny_checkpoint(ckpt, "backbone")
     out = tmp_path / "extractor.jax"
     out.write_bytes(b"user file")
-    assert export.main([f"--checkpoint={ckpt}", f"--output={out}", "--platforms=cpu"]) == 1
+    assert export.main([f"--checkpoint={ckpt}", f"--output={out}", "--platforms=cpu"]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert out.read_bytes() == b"user file"
     assert export.main([f"--checkpoint={ckpt}", f"--output={out}", "--platforms=cpu",
@@ -97,7 +93,7 @@ def test_export_refuses_overwrite_and_missing_config(tmp_path, capsys):
     assert out.read_bytes() != b"user file"
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
     os.remove(ckpt / "config.json")
-    assert export.main([f"--checkpoint={ckpt}", f"--output={tmp_path / 'x.jax'}"]) == 1
+    assert export.main([f"--checkpoint={ckpt}", f"--output={tmp_path / 'x.jax'}"]) == 2
     assert "no config.json" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         checkpointing.resolve_checkpoint(str(tmp_path / "nowhere"))

@@ -1,6 +1,5 @@
 """The extract tool: folder -> features with the checkpoint's test preprocessing, look-ups."""
 
-import importlib
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from personvit_jax.config_args import load_config
 from personvit_jax.data import augment
 from personvit_jax.models.vit import vit_from_config
 from personvit_jax.training.checkpointing import Checkpointer
@@ -29,7 +29,9 @@ def backbone_ckpt(tmp_path_factory):
     """A pretrain-like checkpoint folder: config.json (ImageNet mean/std, 64x32 crops) and a
     random tiny ViT backbone under params/backbone."""
     root = tmp_path_factory.mktemp("pt")
-    vit = vit_from_config(ml_collections.ConfigDict(MODEL))
+    model = load_config("finetune").model
+    model.update(MODEL)
+    vit = vit_from_config(model)
     params = vit.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 32, 3)))["params"]
     (root / "config.json").write_text(json.dumps(
         {"model": MODEL, "data": {"global_size": [64, 32], "mean": MEAN, "std": STD}}))
@@ -52,8 +54,7 @@ def image_folder(tmp_path_factory, tiny_splits):
 
 
 def _config(checkpoint):
-    sys.path.insert(0, os.path.join(REPO, "configs"))
-    c = importlib.import_module("evaluate").get_config()
+    c = load_config("evaluate")
     c.checkpoint = checkpoint
     c.eval.batch_size = 8
     return c

@@ -108,39 +108,36 @@ def test_init_from_errors(tiny_config, tmp_path):
         finetune.train(tiny_config(init_from=str(tmp_path / "missing")), str(tmp_path / "w"))
 
 
-def test_checkpoint_embed_fn_reproduces_the_runs_evaluation(tiny_config, tmp_path):
+def test_load_model_reproduces_the_runs_evaluation(tiny_config, tmp_path):
     """The inference loader (saved config.json + checkpoint -> features) scores exactly what the
     training run scored at its end; a pretrain-style backbone-only view gives CLS features."""
-    from personvit_jax import evaluation
+    from personvit_jax import inference
     from personvit_jax.data.pipeline import load_splits
-    from personvit_jax.evaluation.features import checkpoint_embed_fn, extract_features
+    from personvit_jax.evaluation import RetrievalEvaluator
     from personvit_jax.training import checkpointing, sharding
 
     cfg = tiny_config(**{"optim.epochs": 1})
     result = finetune.train(cfg, str(tmp_path / "run"))
-    saved = checkpointing.saved_config(str(tmp_path / "run"))
-    assert saved.model.width == 64 and tuple(saved.data.image_size) == (64, 32)
-    embed, variables, kind = checkpoint_embed_fn(str(tmp_path / "run"), saved.model, cfg.eval)
-    assert kind == "reid"
+    loaded = inference.load_model(str(tmp_path / "run"))
+    assert loaded.model_config.width == 64 and loaded.preprocessing.image_size == (64, 32)
+    assert loaded.kind == "reid" and loaded.num_cameras == 0 and loaded.jpm_groups == 0
     splits = load_splits(cfg.data.name, cfg.data.data_dir, cfg.data.synthetic.to_dict())
     mesh = sharding.make_mesh(cfg.mesh)
-    fn = jax.jit(lambda x, c: embed(variables, x, c))
-    q, g = splits["query"], splits["gallery"]
-    qf, gf = (extract_features(fn, s, cfg.data, mesh, 32) for s in (q, g))
-    again = evaluation.summarize(evaluation.evaluate(qf, gf, q.pids, g.pids, q.camids, g.camids))
+    embed = jax.jit(loaded.bound_embed(cfg.eval.neck_feat))
+    again = RetrievalEvaluator(splits["query"], splits["gallery"], loaded.preprocessing, mesh,
+                               32).run(embed).summary
     assert again["mAP"] == pytest.approx(result["mAP"], abs=1e-6)
 
     backbone_only = tmp_path / "backbone" / "checkpoints"
     ckpt = checkpointing.Checkpointer(str(backbone_only))
-    ckpt.save(0, {"params": {"backbone": variables["params"]["backbone"]}}, force=True)
+    ckpt.save(0, {"params": {"backbone": loaded.variables["params"]["backbone"]}}, force=True)
     ckpt.close()
-    embed_b, vars_b, kind_b = checkpoint_embed_fn(str(backbone_only.parent), saved.model, cfg.eval)
-    assert kind_b == "backbone"
-    f = np.asarray(embed_b(vars_b, np.zeros((2, 64, 32, 3), np.float32), np.zeros(2, np.int32)))
+    b = inference.load_model(str(backbone_only.parent), loaded.model_config)
+    assert b.kind == "backbone"
+    f = np.asarray(b.bound_embed()(np.zeros((2, 64, 32, 3), np.float32)))
     assert f.shape == (2, 64) and np.allclose(np.linalg.norm(f, axis=-1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="no BNNeck"):
-        checkpoint_embed_fn(str(backbone_only.parent), saved.model,
-                            _with(cfg.eval, neck_feat="after"))
+        b.embed_fn("after")
 
 
 def _with(c, **kw):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from personvit_jax import trees
 from personvit_jax.config_args import load_config
 from personvit_jax.data import color_augment
 from personvit_jax.models.pretrain import pretrain_model_from_config
@@ -72,7 +73,7 @@ def torch_tree(arrays: dict, prefix: str, s: dict) -> dict:
     convert.map_module(backbone, "backbone.", ("backbone",), flat, log)
     head = {k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")}
     convert.map_head(head, ("head",), flat, log, {"norm_last_layer": s["norm_last_layer"]})
-    return convert.unflatten(flat)
+    return trees.unflatten(flat)
 
 
 def key_bias_mask(path, x, width: int) -> np.ndarray:

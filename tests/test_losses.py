@@ -2,8 +2,10 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from personvit_jax.losses import batch_hard_triplet, euclidean_distances, id_cross_entropy, reid_loss
 
@@ -115,3 +117,28 @@ def test_update_center():
     c = jnp.zeros((1, 2))
     t = jnp.array([[[1.0, 3.0], [3.0, 5.0]]])  # [crops=1, B=2, K=2]: mean (2, 4)
     np.testing.assert_allclose(update_center(c, t, 0.9), [[0.2, 0.4]], rtol=1e-6)
+
+
+def test_collapse_signals():
+    """DINO's two collapse modes: every image to one prototype (entropy of the mean -> 0) and
+    uniform outputs (mean entropy -> ln K); the effective rank of features (RankMe)."""
+    import math
+
+    from personvit_jax.evaluation.features import effective_rank
+    from personvit_jax.losses import teacher_entropies
+
+    k = 16
+    zero = jnp.zeros((1, k))
+    one_hot = jnp.tile(jax.nn.one_hot(3, k) * 100.0, (2, 5, 1))  # [crops, batch, K]
+    e = teacher_entropies(one_hot, zero, 1.0)
+    assert float(e["entropy_of_mean"]) < 1e-3 and float(e["mean_entropy"]) < 1e-3
+    e = teacher_entropies(jnp.zeros((2, 5, k)), zero, 0.04)
+    assert float(e["mean_entropy"]) == pytest.approx(math.log(k), rel=1e-5)
+    spread = jnp.tile(jnp.eye(k) * 100.0, (2, 1, 1))  # each image its own prototype
+    e = teacher_entropies(spread, zero, 1.0)
+    assert float(e["entropy_of_mean"]) == pytest.approx(math.log(k), rel=1e-4)
+    assert float(e["mean_entropy"]) < 1e-3
+    rng = np.random.default_rng(0)
+    line = np.outer(rng.normal(size=50), rng.normal(size=8)) + rng.normal(size=8)  # + a mean
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-3)
+    assert effective_rank(np.concatenate([np.eye(8), -np.eye(8)])) == pytest.approx(8.0, rel=1e-6)

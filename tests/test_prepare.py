@@ -44,7 +44,7 @@ def test_command_builds_from_the_zip_and_prints_the_table(tmp_path):
     assert "WARNING: market1501 train: 24 images, published 12,936" in run.stdout
     assert sorted(os.listdir(data_dir)) == ["market1501"]  # the unpacked copy is gone
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert again.returncode == 1 and "already exists; pass --overwrite" in again.stderr
+    assert again.returncode == 2 and "already exists; pass --overwrite" in again.stderr
 
 
 def test_published_count_warnings_only_where_counts_differ():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_trees, tiny_finetune_config
+from personvit_jax.config_args import load_config
 from personvit_jax.data import color_augment, layouts, pipeline
 from personvit_jax.stages import finetune, pretrain
 from personvit_jax.training.checkpointing import load_state_tree
@@ -81,11 +82,8 @@ def test_image_folder_index_cached_and_errors(tmp_path, tiny_splits):
 
 
 def test_no_dataset_stops_at_once_naming_the_path(tmp_path, monkeypatch):
-    import importlib
-    import sys
-    sys.path.insert(0, os.path.join(REPO, "configs"))
     monkeypatch.chdir(tmp_path)
-    cfg = importlib.import_module("pretrain").get_config()
+    cfg = load_config("pretrain")
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "data" / "unlabeled_folder")):
         pretrain.train(cfg, str(tmp_path / "w"))
 

@@ -5,7 +5,8 @@ import pytest
 
 from personvit_jax.evaluation import (camera_bias, evaluate, evaluate_rank, pairwise_distances,
                                       summarize)
-from personvit_jax.evaluation.ranking import _float_keys, check_features, rank_queries
+from personvit_jax.evaluation.distances import check_features, float_keys as _float_keys
+from personvit_jax.evaluation.ranking import rank_queries
 
 
 def reference_per_query(distmat, q_pids, g_pids, q_camids, g_camids):

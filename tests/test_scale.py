@@ -3,7 +3,6 @@ close to float32 with float32 state, remat changes nothing, gradient accumulatio
 equal to the whole batch; fine-tuning: mean of the micro-batch steps, whole identities each),
 and 2 processes x 2 devices through `personvit_jax.main` end where 1 process ends."""
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import (REPO, assert_trees, assert_trees_close_in_norm, tiny_finetune_config,
                       tiny_pretrain_config)
+from personvit_jax.config_args import load_config
 from personvit_jax.data import color_augment
 from personvit_jax.models.pretrain import pretrain_model_from_config
 from personvit_jax.models.reid import reid_model_from_config
@@ -305,11 +305,7 @@ def _run_two_processes(config_arg, workdir, over, timeout=420):
 
 def _tiny_overrides(stage, make_config, data_dir, extra):
     """The keys the tiny test config sets, as command-line overrides of the stage's config."""
-    spec = importlib.util.spec_from_file_location(
-        "_cfg", os.path.join(REPO, "configs", f"{stage}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    base, tiny = module.get_config("synthetic"), make_config(data_dir, **extra)
+    base, tiny = load_config(stage, "synthetic"), make_config(data_dir, **extra)
     flat = lambda c, pre="": {f"{pre}{k}": v for key, val in c.items() for k, v in (
         flat(val, f"{key}.").items() if hasattr(val, "items") else [(key, val)])}
     b = flat(base.to_dict())

@@ -1,6 +1,6 @@
 """Golden fixtures (tests/fixtures/weights, written by tests/fixtures/make_weights_fixtures.py):
 every PyTorch source format, converted with the command-line tool, gives through the one inference
-path (`evaluation.features.checkpoint_embed_fn`) the features the PyTorch originals computed for
+path (`inference.load_model`) the features the PyTorch originals computed for
 the committed images: max |diff| <= 1e-5. Every fixture, `.pth` included, is converted with
 `import torch` made to fail; only the check that the fixture script reproduces the files needs
 PyTorch."""
@@ -10,14 +10,13 @@ import importlib.util
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 from conftest import WEIGHT_FIXTURES, block_torch
-from personvit_jax.data import layouts
+from personvit_jax import inference
 from personvit_jax.data.augment import load_rgb, normalize
-from personvit_jax.evaluation.features import checkpoint_embed_fn
+from personvit_jax.models import init_from
 from personvit_jax.tools import convert as conv
 from personvit_jax.training import checkpointing
 
@@ -53,14 +52,12 @@ def convert(fixture: str, out, capsys, *flags) -> str:
 def features(out, neck_feat: str = "before", camids=None) -> np.ndarray:
     """Raw features of the committed images from a converted checkpoint: its saved config's
     model and normalisation, the evaluation embed function."""
-    cfg = checkpointing.saved_config(str(out))
-    cams = layouts.num_cameras(cfg.data.name) if cfg.model.sie else 0
-    eval_cfg = ml_collections.ConfigDict({"neck_feat": neck_feat, "normalize": False,
-                                          "flip": False})
-    embed, variables, _ = checkpoint_embed_fn(str(out), cfg.model, eval_cfg, cams)
-    x = normalize(images_u8(), cfg.data.mean, cfg.data.std)
+    loaded = inference.load_model(str(out))
+    embed = loaded.embed_fn(neck_feat, normalize=False)
+    p = loaded.preprocessing
+    x = normalize(images_u8(), p.mean, p.std)
     c = np.zeros(len(x), np.int32) if camids is None else np.asarray(camids, np.int32)
-    return np.asarray(jax.jit(embed)(variables, x, c))
+    return np.asarray(jax.jit(embed)(loaded.variables, x, c))
 
 
 MEASURED: dict = {}  # features.npz key -> (max |ours - PyTorch|, max |PyTorch feature|)
@@ -91,12 +88,13 @@ def test_personvit_reid(fixture, tmp_path, capsys, monkeypatch):
     log = convert(fixture, out, capsys)
     assert "format personvit" in log
     assert "dropped base.fc.weight" in log and "dropped bottleneck.num_batches_tracked" in log
-    cfg = checkpointing.saved_config(str(out))
+    cfg = inference.saved_config(str(out))
     assert (cfg.model.width, cfg.model.depth, cfg.model.num_heads) == (32, 2, 2)
     assert (cfg.model.patch_size, tuple(cfg.model.pos_grid)) == (8, (8, 4))
     assert tuple(cfg.data.mean) == tuple(cfg.data.std) == (0.5, 0.5, 0.5)
-    kind, variables = checkpointing.inference_variables(str(out))
-    assert kind == "reid" and variables["params"]["neck"]["classifier"]["kernel"].shape == (32, 10)
+    loaded = inference.load_model(str(out))
+    assert loaded.kind == "reid" and loaded.num_classes == 10
+    assert loaded.variables["params"]["neck"]["classifier"]["kernel"].shape == (32, 10)
     for neck in ("before", "after"):
         assert_matches(features(out, neck), f"personvit_{neck}")
 
@@ -107,12 +105,12 @@ def test_transreid_jpm_sie_overlapping(tmp_path, capsys, monkeypatch):
     search finds from the image size."""
     block_torch(monkeypatch)
     fixture = os.path.join(WEIGHT_FIXTURES, "transreid_jpm_sie.pth")
-    assert conv.main([f"--input={fixture}", f"--output={tmp_path / 'bad'}", *TINY]) == 1
+    assert conv.main([f"--input={fixture}", f"--output={tmp_path / 'bad'}", *TINY]) == 2
     assert "sie_embed has 6 camera rows" in capsys.readouterr().err
     out = tmp_path / "out"
     log = convert("transreid_jpm_sie.pth", out, capsys, "--dataset=market1501")
     assert "JPM with 4 groups" in log and "SIE with 6 cameras" in log
-    cfg = checkpointing.saved_config(str(out))
+    cfg = inference.saved_config(str(out))
     assert cfg.model.patch_stride == 5 and tuple(cfg.model.pos_grid) == (12, 5)
     assert cfg.model.jpm and cfg.model.jpm_groups == 4 and cfg.model.sie
     for neck in ("before", "after"):
@@ -120,13 +118,15 @@ def test_transreid_jpm_sie_overlapping(tmp_path, capsys, monkeypatch):
 
     # init_from into a model of the same grid keeps pos_embed; into an 8x4 model it is resized
     # from the 12x5 grid read from the saved config (a token count of 60 does not tell it).
-    source = checkpointing.pretrained_backbone(str(out))
+    init = inference.init_source(str(out))
+    assert init.pos_grid == (12, 5)
+    source = init.backbone
     target = {"backbone": jax.tree.map(np.zeros_like, source)}
-    merged = checkpointing.merge_backbone(target, source, str(out), (12, 5), log=print)
+    merged = init_from.merge_backbone(target, source, (12, 5), str(out), init.pos_grid, log=print)
     np.testing.assert_array_equal(merged["backbone"]["pos_embed"], source["pos_embed"])
     target["backbone"]["pos_embed"] = np.zeros((1, 33, 32), np.float32)
-    merged = checkpointing.merge_backbone(target, source, str(out), (8, 4), log=print)
-    expected = checkpointing.resize_pos_embed_tokens(source["pos_embed"], (8, 4), (12, 5))
+    merged = init_from.merge_backbone(target, source, (8, 4), str(out), init.pos_grid, log=print)
+    expected = init_from.resize_pos_embed_tokens(source["pos_embed"], (8, 4), (12, 5))
     np.testing.assert_array_equal(merged["backbone"]["pos_embed"], expected)
 
 
@@ -143,7 +143,7 @@ def test_ibot_teacher_and_student_resized_from_square_grid(tmp_path, capsys, mon
     assert "dropped head.last_layer.weight_v" in log
     tree = checkpointing.load_state_tree(str(out))
     assert list(tree) == ["params"] and list(tree["params"]) == ["backbone"]
-    cfg = checkpointing.saved_config(str(out))
+    cfg = inference.saved_config(str(out))
     assert tuple(cfg.data.mean) == conv.IMAGENET_MEAN and tuple(cfg.model.pos_grid) == (8, 4)
     ours = features(out)
     assert_matches(ours, "ibot_teacher")
@@ -155,7 +155,7 @@ def test_ibot_teacher_and_student_resized_from_square_grid(tmp_path, capsys, mon
 
     masked = read_weights(os.path.join(WEIGHT_FIXTURES, "ibot.pth"))["student"][
         "module.backbone.masked_embed"]
-    mask_token = checkpointing.pretrained_backbone(str(out))["mask_token"]
+    mask_token = inference.init_source(str(out)).backbone["mask_token"]
     np.testing.assert_array_equal(mask_token.reshape(-1), masked.reshape(-1))
     assert_matches(features(out), "ibot_student")
 
@@ -186,7 +186,7 @@ def test_heads_logits(fixture, key, shared, learned_norm, tmp_path, capsys, monk
 
     out = tmp_path / "out"
     convert(fixture, out, capsys, "--heads")
-    cfg = checkpointing.saved_config(str(out))
+    cfg = inference.saved_config(str(out))
     assert (cfg.head.out_dim, cfg.head.hidden_dim, cfg.head.bottleneck_dim) == (48, 32, 16)
     assert cfg.head.shared_head == shared and cfg.head.norm_last_layer == (not learned_norm)
     tree = checkpointing.load_state_tree(str(out))

@@ -152,10 +152,12 @@ def train_iterator(split: Split, data_cfg, num_steps: int, seed: int, process_in
 
 class EvalBatchLoader:
     """Global batch b -> this process's slice of images b*B .. (b+1)*B - 1, padded at the end of
-    the split by repeating the last image (`valid` marks the real ones)."""
+    the split by repeating the last image (`valid` marks the real ones). `preprocessing`: the
+    test transform's image_size, mean and std (`inference.Preprocessing`)."""
 
-    def __init__(self, split: Split, aug_cfg, batch_size: int, local: slice):
-        self.split, self.aug_cfg, self.batch_size, self.local = split, aug_cfg, batch_size, local
+    def __init__(self, split: Split, preprocessing, batch_size: int, local: slice):
+        self.split, self.aug_cfg, self.batch_size, self.local = (split, preprocessing,
+                                                                 batch_size, local)
 
     def __call__(self, b: int) -> dict[str, np.ndarray]:
         pos = np.arange(b * self.batch_size, (b + 1) * self.batch_size)[self.local]
@@ -166,14 +168,15 @@ class EvalBatchLoader:
                 "valid": valid}
 
 
-def eval_iterator(split: Split, data_cfg, batch_size: int, process_index: int = 0,
-                  process_count: int = 1, num_workers: Optional[int] = None) -> grain.IterDataset:
+def eval_iterator(split: Split, preprocessing, batch_size: int, process_index: int = 0,
+                  process_count: int = 1, num_workers: int = 0, prefetch: int = 2
+                  ) -> grain.IterDataset:
     """Ordered batches over a whole split (query or gallery)."""
     local = process_slice(batch_size, process_index, process_count)
     num_batches = -(-len(split) // batch_size)
-    ds = grain.MapDataset.range(num_batches).map(EvalBatchLoader(split, data_cfg, batch_size, local))
-    return _iter(ds, data_cfg.num_workers if num_workers is None else num_workers,
-                 data_cfg.prefetch)
+    ds = grain.MapDataset.range(num_batches).map(
+        EvalBatchLoader(split, preprocessing, batch_size, local))
+    return _iter(ds, num_workers, prefetch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,3 +234,38 @@ def pretrain_iterator(images: Union[Split, Sequence[str]], data_cfg, mask_cfg, m
     loader = PretrainBatchLoader(images, data_cfg, mask_cfg, mask_grid, batch_size, seed, local)
     ds = grain.MapDataset.range(num_steps).map(loader)
     return _iter(ds, data_cfg.num_workers, data_cfg.prefetch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Label-efficiency experiments: a seeded fraction of the train identities.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Rows:
+    """Rows `index` of a random-access source (e.g. a TFDS data source), itself random-access."""
+
+    def __init__(self, source, index: np.ndarray):
+        self.source, self.index = source, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        return self.source[int(self.index[i])]
+
+
+def subset_identities(split: Split, fraction: float, seed: int) -> Split:
+    """The images of round(fraction x identities) identities of `split`, drawn from `seed`,
+    their pids relabelled 0..C'-1 (a train split with fewer labels; 1.0 = `split` itself)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"config.data.train_id_fraction={fraction}: expected a value in (0, 1]")
+    if fraction == 1.0:
+        return split
+    ids = np.unique(split.pids)
+    keep_n = max(2, int(round(fraction * len(ids))))  # the triplet needs two identities
+    kept = np.sort(np.random.default_rng([seed, 7]).choice(ids, keep_n, replace=False))
+    index = np.flatnonzero(np.isin(split.pids, kept))
+    return Split(split.name, [split.paths[i] for i in index],
+                 layouts.relabel_pids(split.pids[index]), split.camids[index],
+                 records=None if split.records is None else _Rows(split.records, index),
+                 has_camera_ids=split.has_camera_ids)

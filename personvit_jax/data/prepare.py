@@ -25,27 +25,33 @@ import tempfile
 import zipfile
 from typing import Callable, Iterator, Optional
 
-from absl import app, flags
+from absl import flags
 
+from personvit_jax import cli
 from personvit_jax.data import builders
 
-_DATASET = flags.DEFINE_enum(
-    "dataset", None, sorted(builders.LABELLED_BUILDERS) + [builders.UnlabeledFolder.name],
-    "Dataset to build.")
-_SOURCE = flags.DEFINE_string("source", None, "The dataset's folder or archive (.zip/.tar/.tgz).")
-_DATA_DIR = flags.DEFINE_string("data_dir", "data", "Where the build goes (config.data.data_dir).")
-_CSV = flags.DEFINE_string("csv", None, "reid_folder only: a CSV of path,pid,camid rows (paths "
-                           "relative to --source), giving pids and camera ids.")
-_SKIP_CORRUPT = flags.DEFINE_bool("skip_corrupt", False, "Leave out (and count) images that do "
-                                  "not decode instead of stopping at the first one.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing build of the dataset.")
-_PART_SIZE = flags.DEFINE_integer("part_size", 50_000, "unlabeled_folder: images per part (the "
-                                  "unit of resuming and sharding).")
-_NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "unlabeled_folder: processes building parts "
-                                   "at once.")
-_SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "unlabeled_folder: this process's index "
-                                    "(builds parts shard_index, shard_index + num_shards, ...).")
-flags.mark_flags_as_required(["dataset", "source"])
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_enum("dataset", None,
+                      sorted(builders.LABELLED_BUILDERS) + [builders.UnlabeledFolder.name],
+                      "Dataset to build.", flag_values=fv)
+    flags.DEFINE_string("source", None, "The dataset's folder or archive (.zip/.tar/.tgz).",
+                        flag_values=fv)
+    flags.DEFINE_string("data_dir", "data", "Where the build goes (config.data.data_dir).",
+                        flag_values=fv)
+    flags.DEFINE_string("csv", None, "reid_folder only: a CSV of path,pid,camid rows (paths "
+                        "relative to --source), giving pids and camera ids.", flag_values=fv)
+    flags.DEFINE_bool("skip_corrupt", False, "Leave out (and count) images that do not decode "
+                      "instead of stopping at the first one.", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing build of the dataset.",
+                      flag_values=fv)
+    flags.DEFINE_integer("part_size", 50_000, "unlabeled_folder: images per part (the unit of "
+                         "resuming and sharding).", flag_values=fv)
+    flags.DEFINE_integer("num_shards", 1, "unlabeled_folder: processes building parts at once.",
+                         flag_values=fv)
+    flags.DEFINE_integer("shard_index", 0, "unlabeled_folder: this process's index (builds "
+                         "parts shard_index, shard_index + num_shards, ...).", flag_values=fv)
+    flags.mark_flags_as_required(["dataset", "source"], flag_values=fv)
+
 
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 _COLUMNS = ("images", "identities", "cameras", "junk_dropped", "distractors", "corrupt_skipped")
@@ -145,18 +151,16 @@ def prepare(dataset: str, source: str, data_dir: str, *, csv_path: Optional[str]
     return meta
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        prepare(_DATASET.value, _SOURCE.value, _DATA_DIR.value, csv_path=_CSV.value,
-                skip_corrupt=_SKIP_CORRUPT.value, overwrite=_OVERWRITE.value,
-                part_size=_PART_SIZE.value, num_shards=_NUM_SHARDS.value,
-                shard_index=_SHARD_INDEX.value)
-    except (OSError, ValueError) as e:  # bad input: the message says what and where
-        print(f"prepare failed: {e}", file=sys.stderr)
-        sys.exit(1)
+def run(fv: flags.FlagValues) -> int:
+    prepare(fv.dataset, fv.source, fv.data_dir, csv_path=fv.csv, skip_corrupt=fv.skip_corrupt,
+            overwrite=fv.overwrite, part_size=fv.part_size, num_shards=fv.num_shards,
+            shard_index=fv.shard_index)
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run_tool("python -m personvit_jax.data.prepare", __doc__, define_flags, run, argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

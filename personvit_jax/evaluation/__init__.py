@@ -1,7 +1,8 @@
-"""Retrieval evaluation: distances and Market-1501 metrics."""
+"""Retrieval evaluation: distances, Market-1501 metrics, re-ranking and the one evaluator."""
 
-from personvit_jax.evaluation.ranking import (camera_bias, evaluate, evaluate_rank, l2_normalize,
-                                              pairwise_distances, summarize)
+from personvit_jax.evaluation.distances import l2_normalize, pairwise_distances
+from personvit_jax.evaluation.ranking import camera_bias, evaluate, evaluate_rank, summarize
+from personvit_jax.evaluation.retrieval import Retrieval, RetrievalEvaluator
 
 __all__ = ["evaluate", "evaluate_rank", "pairwise_distances", "l2_normalize", "summarize",
-           "camera_bias"]
+           "camera_bias", "Retrieval", "RetrievalEvaluator"]

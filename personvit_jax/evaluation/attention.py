@@ -13,10 +13,11 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from personvit_jax.models.vit import ViT, grid_size, vit_from_config
+from personvit_jax import inference
+from personvit_jax.data.augment import reid_test_transform
+from personvit_jax.models.vit import ViT, grid_size
 
 
 def cls_attention(vit: ViT, variables: dict, images_bhwc: jax.Array,
@@ -37,26 +38,22 @@ def checkpoint_cls_attention(checkpoint: str, images: Sequence, camids: Optional
     """CLS attention maps [B, heads, gh, gw] of a checkpoint's ViT for PIL images.
 
     `checkpoint`: a fine-tune run (its backbone), a pretrain run (its TEACHER backbone), or a
-    converted folder, as the evaluate stage accepts. Architecture and test preprocessing (resize
-    to the image size, mean/std) come from its saved config.json; `model_cfg` / `data_cfg`
-    fields that are set override them (see evaluation.features.resolve_model_config). A model
-    with SIE needs the images' camera ids (`camids`, 0-based).
+    converted folder, as the evaluate stage accepts (`inference.load_model`: architecture and
+    test preprocessing from its saved config.json; `model_cfg` / `data_cfg` fields that are set
+    override them). A model with SIE needs the images' camera ids (`camids`, 0-based).
     """
-    from personvit_jax.data.augment import reid_test_transform
-    from personvit_jax.evaluation.features import resolve_model_config, resolve_preprocessing
-    from personvit_jax.training.checkpointing import inference_variables
-
-    model = ml_collections.ConfigDict(resolve_model_config(checkpoint, model_cfg).to_dict())
-    model.remat = False  # inference: nothing to recompute
-    prep = resolve_preprocessing(checkpoint, data_cfg)
-    kind, variables = inference_variables(checkpoint)
-    params = variables["params"]["backbone"] if kind == "reid" else variables["params"]
-    num_cameras = params["sie_embed"].shape[0] if "sie_embed" in params else 0
-    if num_cameras and camids is None:
-        raise ValueError(f"{checkpoint}: the model has SIE camera embeddings ({num_cameras} "
-                         "cameras): pass the images' camera ids as camids=")
-    vit = vit_from_config(model, num_cameras=num_cameras)
-    images_bhwc = np.stack([reid_test_transform(im, prep) for im in images])
-    cams = jnp.asarray(camids, jnp.int32) if num_cameras else None
+    loaded = inference.load_model(checkpoint, model_cfg, data_cfg)
+    if loaded.kind == "reid":
+        vit, params = loaded.module.backbone, loaded.variables["params"]["backbone"]
+    else:
+        vit, params = loaded.module, loaded.variables["params"]
+    if loaded.uses_cameras:
+        if camids is None:
+            raise ValueError(f"{checkpoint}: the model has SIE camera embeddings "
+                             f"({loaded.num_cameras} cameras): pass the images' camera ids as "
+                             "camids=")
+        loaded.check_camera_ids(camids, "camids")
+    images_bhwc = np.stack([reid_test_transform(im, loaded.preprocessing) for im in images])
+    cams = jnp.asarray(camids, jnp.int32) if loaded.uses_cameras else None
     fn = jax.jit(lambda p, x, c: cls_attention(vit, {"params": p}, x, c))
     return np.asarray(fn(params, jnp.asarray(images_bhwc), cams))

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
-from personvit_jax.evaluation.ranking import (_float_keys, feature_distance_rows, l2_normalize,
-                                              nonzero_below)
+from personvit_jax.evaluation.distances import (feature_distance_rows, float_keys,
+                                                l2_normalize, nonzero_below)
 
 BLOCK = 256  # rows of the N x N distance pass; 256 x 93,820 float32 = 96 MB
 
@@ -63,7 +63,7 @@ def smallest_k(dist_cn: np.ndarray, k: int, probe_columns: int = 1024) -> np.nda
     idx_bits = max(1, int(n - 1).bit_length())
     shift = np.uint64(32 + idx_bits)
     keys = np.sort((rows.astype(np.uint64) << shift)
-                   | (_float_keys(vals) << np.uint64(idx_bits))
+                   | (float_keys(vals) << np.uint64(idx_bits))
                    | cols.astype(np.uint64))
     first = np.searchsorted(keys, np.arange(c, dtype=np.uint64) << shift)
     take = keys[first[:, None] + np.arange(k)]

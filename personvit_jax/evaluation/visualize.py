@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from personvit_jax import files
+
 
 COLOURS = {"query": (40, 90, 220), "match": (30, 170, 60), "wrong": (220, 40, 40),
            "junk": (150, 150, 150), "unlabeled": (60, 60, 60)}
@@ -67,10 +69,8 @@ def stack_rows(rows: Sequence[Image.Image]) -> Image.Image:
 
 
 def save_png(image: Image.Image, path: str) -> None:
-    """Writes through a temporary file renamed into place (never a half-written picture)."""
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    image.save(tmp)
-    os.replace(tmp, path)
+    """Writes the picture atomically (never a half-written file)."""
+    files.atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def top_k_rows(dist_row: np.ndarray, k: int) -> np.ndarray:

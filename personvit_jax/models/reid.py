@@ -51,10 +51,9 @@ class ReIDModel(nn.Module):
 
 def retrieval_embedding(outputs: dict[str, jax.Array], neck_feat: str = "before") -> jax.Array:
     """The retrieval feature [B, D * S]: the global feature, and with JPM the local ones / G
-    concatenated (TransReID). `neck_feat` picks the feature before or after the BNNeck."""
-    if neck_feat not in ("before", "after"):
-        raise ValueError(f"neck_feat={neck_feat!r}: expected 'before' or 'after'")
-    f = outputs["feats"] if neck_feat == "before" else outputs["feats_bn"]
+    concatenated (TransReID). `neck_feat` picks the feature 'before' or 'after' the BNNeck
+    (checked with the config: validation.check_eval_block)."""
+    f = outputs["feats_bn"] if neck_feat == "after" else outputs["feats"]
     s = f.shape[1]
     if s == 1:
         return f[:, 0]
@@ -64,8 +63,7 @@ def retrieval_embedding(outputs: dict[str, jax.Array], neck_feat: str = "before"
 def reid_model_from_config(config, num_classes: int, num_cameras: int = 0) -> ReIDModel:
     """Assembles the ReID model of a fine-tune / evaluate config."""
     m = config.model
-    backbone = vit_from_config(m, num_cameras=num_cameras if m.get("sie", False) else 0)
-    return ReIDModel(backbone=backbone, num_classes=num_classes, jpm=m.get("jpm", False),
-                     jpm_groups=m.get("jpm_groups", 4), jpm_shift=m.get("jpm_shift", 5),
-                     jpm_shuffle_groups=m.get("jpm_shuffle_groups", 2),
-                     jpm_rearrange=m.get("jpm_rearrange", True))
+    backbone = vit_from_config(m, num_cameras=num_cameras if m.sie else 0, sie_coef=m.sie_coef)
+    return ReIDModel(backbone=backbone, num_classes=num_classes, jpm=m.jpm,
+                     jpm_groups=m.jpm_groups, jpm_shift=m.jpm_shift,
+                     jpm_shuffle_groups=m.jpm_shuffle_groups, jpm_rearrange=m.jpm_rearrange)

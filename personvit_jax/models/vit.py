@@ -328,18 +328,18 @@ def vit_from_config(model_cfg, **overrides) -> ViT:
     if model_cfg.name not in VIT_SIZES:
         raise ValueError(f"config.model.name={model_cfg.name!r}: expected one of {sorted(VIT_SIZES)}")
     size = dict(VIT_SIZES[model_cfg.name])
-    for key in ("width", "depth", "num_heads"):  # 0 / absent = the standard size
-        if model_cfg.get(key):
+    for key in ("width", "depth", "num_heads"):  # 0 = the standard size
+        if model_cfg[key]:
             size[key] = model_cfg[key]
     kwargs = dict(
         mlp_ratio=4.0,
         patch_size=model_cfg.patch_size,
         patch_stride=model_cfg.patch_stride,
         pos_grid=tuple(model_cfg.pos_grid),
-        pos_interp=model_cfg.get("pos_interp", "bilinear"),  # absent in configs saved before it
+        pos_interp=model_cfg.pos_interp,
         drop_path_rate=model_cfg.drop_path_rate,
-        remat=model_cfg.get("remat", False),
-        dtype=jnp.bfloat16 if model_cfg.get("compute_dtype", "float32") == "bfloat16" else jnp.float32,
+        remat=model_cfg.remat,
+        dtype=jnp.bfloat16 if model_cfg.compute_dtype == "bfloat16" else jnp.float32,
         **size,
     )
     kwargs.update(overrides)

@@ -11,6 +11,7 @@ features, metrics (+ re-ranking), files. Writes into `workdir`:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -21,11 +22,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from personvit_jax import files, inference, validation
 from personvit_jax.data import layouts, pipeline
-from personvit_jax.evaluation import ranking, visualize
-from personvit_jax.evaluation.features import (checkpoint_embedder, extract_features,
-                                               progress_printer, save_npz, write_text)
-from personvit_jax.training import checkpointing, sharding
+from personvit_jax.evaluation import RetrievalEvaluator, distances, visualize
+from personvit_jax.training import sharding
 
 OUTPUTS = ("eval_results.json", "features.npz", "ranks", "eval_config.json")
 
@@ -41,6 +41,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if existing and not config.overwrite:
         raise FileExistsError(f"{workdir} already holds {existing}: choose another --workdir or "
                               "pass --config.overwrite=True to replace them")
+    validation.check_eval_block(config)
     is_main = jax.process_index() == 0
 
     # ------------------------------------------------------------------ data
@@ -50,31 +51,27 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ checkpoint -> embed
     mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch_divisible(config.eval.batch_size, mesh, "config.eval.batch_size")
-    step_dir = checkpointing.resolve_checkpoint(config.checkpoint)
-    fn, data_cfg, model_cfg, kind = checkpoint_embedder(config, mesh)
-    logging.info("evaluating %s (%s, %s) at %s, mean %s std %s", step_dir, kind, model_cfg.name,
-                 data_cfg.image_size, data_cfg.mean, data_cfg.std)
-
-    # ------------------------------------------------------------------ features
-    feats = {}
-    for name, split in (("query", query), ("gallery", gallery)):
-        feats[name] = extract_features(fn, split, data_cfg, mesh, config.eval.batch_size,
-                                       progress=progress_printer(name) if is_main else None)
-
-    # ------------------------------------------------------------------ metrics
     e = config.eval
-    qf, gf = feats["query"], feats["gallery"]
-    args = (qf, gf, query.pids, gallery.pids, query.camids, gallery.camids)
-    per_query = ranking.evaluate_per_query(*args, metric=e.metric)
-    results = {"dataset": config.data.name, "checkpoint": step_dir, "kind": kind,
-               "metric": e.metric, "neck_feat": e.neck_feat, "flip": bool(e.flip),
-               **ranking.summarize(ranking.aggregate(per_query, e.max_rank)),
-               **ranking.camera_bias(qf, gf, query.camids, gallery.camids, metric=e.metric)}
-    if e.rerank:
-        rr = {"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value}
-        reranked = ranking.evaluate(*args, metric=e.metric, rerank=rr, max_rank=e.max_rank)
-        results["rerank"] = {**rr, **ranking.summarize(reranked)}
+    sharding.check_batch_divisible(e.batch_size, mesh, "config.eval.batch_size")
+    loaded = inference.load_model(config.checkpoint, config.model, config.data)
+    for split in (query, gallery):
+        loaded.check_camera_ids(split.camids, f"{config.data.name} {split.name}")
+    repl = sharding.replicated(mesh)
+    embed = functools.partial(
+        sharding.jit_embed(loaded.embed_fn(e.neck_feat, e.normalize, e.flip), repl, mesh),
+        jax.device_put(loaded.variables, repl))
+    logging.info("evaluating %s", inference.describe(loaded))
+
+    # ------------------------------------------------------------------ features -> metrics
+    evaluator = RetrievalEvaluator(
+        query, gallery, loaded.preprocessing, mesh, e.batch_size, metric=e.metric,
+        max_rank=e.max_rank, camera_bias=True,
+        rerank={"k1": e.k1, "k2": e.k2, "lambda_value": e.lambda_value} if e.rerank else None,
+        num_workers=config.data.num_workers, prefetch=config.data.prefetch)
+    r = evaluator.run(embed, progress=is_main)
+    qf, gf = r.query_features, r.gallery_features
+    results = {"dataset": config.data.name, "checkpoint": loaded.checkpoint, "kind": loaded.kind,
+               "metric": e.metric, "neck_feat": e.neck_feat, "flip": bool(e.flip), **r.summary}
     logging.info("results: %s", json.dumps(results))
     if not is_main:
         return results
@@ -82,23 +79,25 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ------------------------------------------------------------------ files
     os.makedirs(workdir, exist_ok=True)
     names = {"query": image_names(query, config.data), "gallery": image_names(gallery, config.data)}
-    save_npz(os.path.join(workdir, "features.npz"), {
+    files.save_npz(os.path.join(workdir, "features.npz"), {
         "query_features": qf, "gallery_features": gf, "query_pids": query.pids,
         "gallery_pids": gallery.pids, "query_camids": query.camids,
         "gallery_camids": gallery.camids, "query_names": np.asarray(names["query"]),
         "gallery_names": np.asarray(names["gallery"])})
     resolved = ml_collections.ConfigDict(config.to_dict())
-    resolved.model, resolved.data.image_size = model_cfg, data_cfg.image_size
-    resolved.data.mean, resolved.data.std = data_cfg.mean, data_cfg.std
-    write_text(os.path.join(workdir, "eval_config.json"), resolved.to_json_best_effort(indent=2))
+    p = loaded.preprocessing
+    resolved.model, resolved.data.image_size = loaded.model_config, p.image_size
+    resolved.data.mean, resolved.data.std = p.mean, p.std
+    files.write_text(os.path.join(workdir, "eval_config.json"),
+                     resolved.to_json_best_effort(indent=2))
     ranks_dir = os.path.join(workdir, "ranks")
     if os.path.isdir(ranks_dir):
         shutil.rmtree(ranks_dir)  # only reached with config.overwrite
     chosen = chosen_queries(query, config.ranks)
-    dist_fn = ranking.feature_distance_rows(qf, gf, e.metric, ranking.DEFAULT_CHUNK)
-    visualize.write_rank_lists(ranks_dir, query, gallery, dist_fn, per_query, chosen,
+    dist_fn = distances.feature_distance_rows(qf, gf, e.metric, distances.DEFAULT_CHUNK)
+    visualize.write_rank_lists(ranks_dir, query, gallery, dist_fn, r.per_query, chosen,
                                config.ranks.top_k, config.ranks.num_worst)
-    write_text(os.path.join(workdir, "eval_results.json"), json.dumps(results, indent=2))
+    files.write_json(os.path.join(workdir, "eval_results.json"), results)
     return results
 
 

@@ -8,7 +8,6 @@ final evaluation. Importable from notebooks; `personvit_jax.main` calls it for s
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any
 
@@ -18,10 +17,11 @@ import ml_collections
 import optax
 from absl import logging
 
-from personvit_jax import evaluation, validation
+from personvit_jax import inference, validation
 from personvit_jax.data import pipeline
-from personvit_jax.evaluation.features import extract_features, reid_embed_fn
+from personvit_jax.evaluation import RetrievalEvaluator
 from personvit_jax.losses import reid_loss
+from personvit_jax.models import init_from
 from personvit_jax.models.reid import reid_model_from_config
 from personvit_jax.training import checkpointing, loop, optim, sharding
 from personvit_jax.training.logging import MetricLogger
@@ -37,7 +37,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ------------------------------------------------------------------ data
     splits = pipeline.load_splits(config.data.name, config.data.data_dir,
                                   config.data.synthetic.to_dict())
-    train_split = splits["train"]
+    # Label-efficiency runs train on a seeded fraction of the identities (1.0 = all).
+    train_split = pipeline.subset_identities(splits["train"], config.data.train_id_fraction,
+                                             config.data.subset_seed)
     num_classes = train_split.num_ids
     validation.check_finetune_data(config, num_classes)
     batch_size = config.data.num_ids_per_batch * config.data.num_instances
@@ -57,13 +59,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # Micro-batches of whole identities, >= 2 each (the batch-hard triplet needs negatives).
     optim.check_accum_steps(batch_size, config.optim.accum_steps, config.data.num_instances,
                             mesh.devices.size, "train batch (P x K)", min_groups=2)
-    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
 
     # ------------------------------------------------------------------ model & optimizer
     num_cams = pipeline.num_cameras(config.data.name, splits, config.model.sie)
     model = reid_model_from_config(config, num_classes, num_cams)
-    tx, lr_schedule = optim.make_finetune_optimizer(config.optim, steps_per_epoch)
     h, w = config.data.image_size
+    lr_scales = None
+    if config.optim.layer_decay != 1.0:
+        abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                     jnp.zeros((1, h, w, 3)),
+                                                     jnp.zeros((1,), jnp.int32)))["params"]
+        lr_scales = optim.layer_decay_scales(abstract, model.backbone.depth,
+                                             config.optim.layer_decay)
+    tx, lr_schedule = optim.make_finetune_optimizer(config.optim, steps_per_epoch, lr_scales)
     use_cams = config.model.sie
 
     # ------------------------------------------------------------------ train state & shardings
@@ -75,19 +83,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_step = sharding.jit_train_step(make_train_step(model, tx, lr_schedule, config),
                                          state_sh, mesh)
 
+    e = config.eval
     variables_sh = {"params": state_sh["params"], "batch_stats": state_sh["batch_stats"]}
-    embed = jax.jit(reid_embed_fn(model, config.eval, use_cams),
-                    in_shardings=(variables_sh, batch_sh, batch_sh), out_shardings=repl)
+    embed = sharding.jit_embed(
+        inference.reid_embed_fn(model, e.neck_feat, e.normalize, e.flip, use_cams),
+        variables_sh, mesh)
+    evaluator = RetrievalEvaluator(
+        splits["query"], splits["gallery"],
+        inference.Preprocessing(tuple(config.data.image_size), tuple(config.data.mean),
+                                tuple(config.data.std)),
+        mesh, e.batch_size, metric=e.metric, max_rank=e.max_rank,
+        num_workers=config.data.num_workers, prefetch=config.data.prefetch)
 
     def run_eval(state) -> dict[str, Any]:
         variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-        fn = functools.partial(embed, variables)
-        qf = extract_features(fn, splits["query"], config.data, mesh, config.eval.batch_size)
-        gf = extract_features(fn, splits["gallery"], config.data, mesh, config.eval.batch_size)
-        q, g = splits["query"], splits["gallery"]
-        result = evaluation.evaluate(qf, gf, q.pids, g.pids, q.camids, g.camids,
-                                     metric=config.eval.metric, max_rank=config.eval.max_rank)
-        return evaluation.summarize(result)
+        return evaluator.run(functools.partial(embed, variables)).summary
 
     # ------------------------------------------------------------------ checkpoint
     # Init order: 1) resume from this workdir, 2) config.init_from, 3) scratch (as initialised).
@@ -95,21 +105,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                       max_to_keep=config.keep_checkpoints,
                                       save_interval_steps=config.checkpoint_every_steps)
 
-    def load_backbone(state, backbone):
-        params = checkpointing.merge_backbone(jax.device_get(state["params"]), backbone,
-                                              config.init_from, config.model.pos_grid,
-                                              log=logging.info)
-        src_classes = checkpointing.saved_shapes(config.init_from).get(
-            "params/neck/classifier/kernel", (None, None))[-1]
+    def load_init(state):  # the backbone of config.init_from; BNNeck and classifier fresh
+        source = inference.init_source(config.init_from)
+        params = init_from.merge_backbone(jax.device_get(state["params"]), source.backbone,
+                                          config.model.pos_grid, config.init_from,
+                                          source.pos_grid, log=logging.info)
         logging.info("init_from: BNNeck and ID classifier start fresh for the %d ids of %s%s",
                      num_classes, config.data.name,
-                     f" (the checkpoint's classifier had {src_classes} ids; not loaded)"
-                     if src_classes else "")
+                     f" (the checkpoint's classifier had {source.num_classes} ids; not loaded)"
+                     if source.num_classes else "")
         return jax.device_put(dict(state, params=params, opt_state=tx.init(params)), state_sh)
 
-    state = checkpointing.restore_or_initialize(ckpt, state, data_iter, config.init_from,
-                                                load_backbone, log=logging.info,
-                                                warn=logging.warning)
+    state = checkpointing.restore_or_initialize(
+        ckpt, state, data_iter, load_init if config.init_from else None, log=logging.info,
+        warn=logging.warning)
 
     # ------------------------------------------------------------------ train loop
     logger = MetricLogger(workdir, total_steps, batch_size)
@@ -123,14 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         return loop.close_preempted(logger, ckpt, step)
 
     # ------------------------------------------------------------------ final evaluation
-    summary = run_eval(state)
-    logger.write(step, summary, prefix="eval")
-    if is_main:
-        with open(os.path.join(workdir, "eval_results.json"), "w") as f:
-            json.dump({"dataset": config.data.name, "step": step, **summary}, f, indent=2)
-    logger.close()
-    ckpt.close()
-    return summary
+    return loop.finish(state, step, eval_fn=run_eval, eval_prefix="eval", logger=logger,
+                       ckpt=ckpt, workdir=workdir, results={"dataset": config.data.name})
 
 
 def make_train_step(model, tx, lr_schedule, config):
@@ -141,7 +144,7 @@ def make_train_step(model, tx, lr_schedule, config):
     loss_kw = dict(id_weight=config.loss.id_weight, triplet_weight=config.loss.triplet_weight,
                    label_smoothing=config.loss.label_smoothing,
                    triplet_margin=_triplet_margin(config.loss))
-    accum_steps = config.optim.get("accum_steps", 1)
+    accum_steps = config.optim.accum_steps
 
     def grad_fn(params, batch_stats, batch, rng):
         def loss_fn(params):
@@ -185,8 +188,5 @@ def init_train_state(model, tx, config, image_hw) -> dict:
 
 
 def _triplet_margin(loss_cfg):
-    if loss_cfg.triplet == "soft":
-        return None
-    if loss_cfg.triplet == "margin":
-        return float(loss_cfg.margin)
-    raise ValueError(f"config.loss.triplet={loss_cfg.triplet!r}: expected 'soft' or 'margin'")
+    """None = soft margin; else the hinge margin (values checked by validation)."""
+    return None if loss_cfg.triplet == "soft" else float(loss_cfg.margin)

@@ -9,7 +9,6 @@ the teacher's CLS feature, final monitor. The teacher backbone is what fine-tuni
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any
 
@@ -20,9 +19,11 @@ import numpy as np
 import optax
 from absl import logging
 
-from personvit_jax import evaluation, losses, validation
+from personvit_jax import inference, losses, validation
 from personvit_jax.data import color_augment, pipeline
-from personvit_jax.evaluation.features import extract_features, normalize_rows
+from personvit_jax.evaluation import RetrievalEvaluator
+from personvit_jax.evaluation.features import effective_rank
+from personvit_jax.models import init_from
 from personvit_jax.models.pretrain import pretrain_model_from_config
 from personvit_jax.models.vit import grid_size
 from personvit_jax.training import checkpointing, loop, optim, sharding
@@ -59,7 +60,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     sharding.check_batch_divisible(config.monitor.batch_size, mesh, "config.monitor.batch_size")
     optim.check_accum_steps(batch_size, config.optim.accum_steps, 1, mesh.devices.size,
                             "config.data.batch_size")
-    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
 
     # ------------------------------------------------------------------ model & optimizer
     student = pretrain_model_from_config(config, student=True)
@@ -79,26 +79,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         make_pretrain_step(student, teacher, tx, schedules, config), state_sh,
         mesh)
 
-    @functools.partial(jax.jit, in_shardings=(state_sh["teacher"], batch_sh, batch_sh),
-                       out_shardings=repl)
-    def embed(params, images, camids):
-        del camids
-        return normalize_rows(
-            teacher.apply({"params": params}, images, with_patches=False)["cls_feat"])
-
-    monitor_cfg = ml_collections.ConfigDict({
-        "image_size": config.data.global_size, "mean": config.data.mean, "std": config.data.std,
-        "num_workers": config.data.num_workers, "prefetch": config.data.prefetch})
+    # The teacher's CLS feature, L2-normalised, retrieved on a labelled query/gallery set.
+    embed = sharding.jit_embed(inference.backbone_embed_fn(teacher.backbone),
+                               {"params": state_sh["teacher"]["backbone"]}, mesh)
+    evaluator = RetrievalEvaluator(
+        monitor["query"], monitor["gallery"],
+        inference.Preprocessing(tuple(config.data.global_size), tuple(config.data.mean),
+                                tuple(config.data.std)),
+        mesh, config.monitor.batch_size, camera_bias=True,  # scene / colour-cast shortcut
+        num_workers=config.data.num_workers, prefetch=config.data.prefetch)
 
     def run_monitor(state) -> dict[str, Any]:
-        fn = functools.partial(embed, state["teacher"])
-        q, g = monitor["query"], monitor["gallery"]
-        qf = extract_features(fn, q, monitor_cfg, mesh, config.monitor.batch_size)
-        gf = extract_features(fn, g, monitor_cfg, mesh, config.monitor.batch_size)
-        summary = evaluation.summarize(evaluation.evaluate(qf, gf, q.pids, g.pids, q.camids,
-                                                           g.camids))
-        # The shortcut to watch for: CLS features that cluster by camera (scene, colour cast).
-        return {**summary, **evaluation.camera_bias(qf, gf, q.camids, g.camids)}
+        r = evaluator.run(functools.partial(embed, {"params": state["teacher"]["backbone"]}))
+        return {**r.summary, "effective_rank": effective_rank(r.gallery_features)}
 
     # ------------------------------------------------------------------ checkpoint
     # Init order: 1) resume from this workdir, 2) config.init_from, 3) scratch.
@@ -106,20 +99,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                       max_to_keep=config.keep_checkpoints,
                                       save_interval_steps=config.checkpoint_every_steps)
 
-    def load_backbone(state, backbone):  # student and teacher both start from it
-        params = checkpointing.merge_backbone(jax.device_get(state["student"]), backbone,
-                                              config.init_from, config.model.pos_grid,
-                                              log=logging.info)
-        params = dict(params, head=checkpointing.pretrained_head(
-            config.init_from, params["head"], log=logging.info))
+    def load_init(state):  # student and teacher both start from config.init_from
+        source = inference.init_source(config.init_from)
+        params = jax.device_get(state["student"])
+        params = init_from.merge_backbone(params, source.backbone, config.model.pos_grid,
+                                          config.init_from, source.pos_grid, log=logging.info)
+        params = dict(params, head=init_from.transfer_head(params["head"], source.teacher_head,
+                                                           config.init_from, log=logging.info))
         params = jax.tree.map(np.asarray, params)  # host copies: the two trees must not
         # share device buffers (the jitted step donates both)
         return jax.device_put(dict(state, student=params, teacher=jax.tree.map(np.copy, params),
                                    opt_state=tx.init(params)), state_sh)
 
-    state = checkpointing.restore_or_initialize(ckpt, state, data_iter, config.init_from,
-                                                load_backbone, log=logging.info,
-                                                warn=logging.warning)
+    state = checkpointing.restore_or_initialize(
+        ckpt, state, data_iter, load_init if config.init_from else None, log=logging.info,
+        warn=logging.warning)
 
     # ------------------------------------------------------------------ train loop
     logger = MetricLogger(workdir, total_steps, batch_size)
@@ -134,15 +128,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         return loop.close_preempted(logger, ckpt, step)
 
     # ------------------------------------------------------------------ final monitor
-    summary = run_monitor(state)
-    logger.write(step, summary, prefix="monitor")
-    if is_main:
-        with open(os.path.join(workdir, "eval_results.json"), "w") as f:
-            json.dump({"dataset": config.monitor.dataset, "feature": "teacher CLS", "step": step,
-                       **summary}, f, indent=2)
-    logger.close()
-    ckpt.close()
-    return summary
+    return loop.finish(state, step, eval_fn=run_monitor, eval_prefix="monitor", logger=logger,
+                       ckpt=ckpt, workdir=workdir,
+                       results={"dataset": config.monitor.dataset, "feature": "teacher CLS"})
 
 
 def init_pretrain_state(student, tx, config) -> dict:
@@ -220,7 +208,10 @@ def make_pretrain_step(student, teacher, tx, schedules, config):
 
             grads, metrics = jax.grad(loss_fn, has_aux=True)(params)
             mean_k = lambda x: jnp.mean(x.astype(jnp.float32).reshape(-1, x.shape[-1]), axis=0)
+            collapse = losses.teacher_entropies(t_cls, state["center"], t_temp)
             metrics.update(masked_fraction=jnp.mean(masks.astype(jnp.float32)),
+                           teacher_entropy_of_mean=collapse["entropy_of_mean"],
+                           teacher_mean_entropy=collapse["mean_entropy"],
                            teacher_cls_mean=mean_k(t_cls), teacher_patch_mean=mean_k(t_patch))
             return grads, carry, metrics
 

@@ -16,7 +16,7 @@ DIR receives `config.json` (configs/finetune.py with the `model` block, image si
 normalisation of the converted weights) and `checkpoints/0/state`, with the same tree keys as our
 own runs: {'params': {'backbone', 'neck', ...}, 'batch_stats': ...} for ReID models,
 {'params': {'backbone'}} for backbones, {'teacher': {'backbone', 'head'}} with `--heads`. So
-`--config.init_from=DIR` and `checkpointing.inference_variables(DIR)` accept it.
+`--config.init_from=DIR` and `inference.load_model(DIR)` accept it.
 
 Layout changes (PyTorch -> Flax): Linear weight [out, in] -> kernel [in, out]; conv OIHW -> HWIO;
 LayerNorm / BatchNorm weight -> scale; BatchNorm running_mean/var -> batch_stats mean/var; the
@@ -28,7 +28,6 @@ embedding and image size); flags that disagree with the shapes are errors.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -40,10 +39,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 
+from personvit_jax import cli, trees
 from personvit_jax.config_args import load_config_module
 from personvit_jax.data import layouts
-from personvit_jax.models.vit import VIT_SIZES, grid_size
+from personvit_jax.models import init_from
+from personvit_jax.models.pretrain import pretrain_model_from_config
+from personvit_jax.models.reid import reid_model_from_config
+from personvit_jax.models.vit import VIT_SIZES, grid_size, vit_from_config
 from personvit_jax.tools.weights_io import read_weights
 from personvit_jax.training import checkpointing
 
@@ -58,7 +62,7 @@ CLASSES_TO_DATASET = {751: "market1501", 702: "dukemtmc", 1041: "msmt17"}
 # mask token, but our pretraining model gives the teacher one (it never masks the teacher).
 FILLABLE = ("mask_token",)
 
-Flat = dict[tuple, np.ndarray]  # ('params', 'backbone', 'blocks_0', ...) -> array
+Flat = dict[str, np.ndarray]  # 'params/backbone/blocks_0/...' (trees.path_name) -> array
 
 
 # ---------------------------------------------------------------------------- reading
@@ -160,7 +164,7 @@ def infer_vit(vit_sd: dict, image_size, source: str, patch_stride: int = 0,
     else:  # trained at another resolution (e.g. 224x224): the grid from its token count alone
         stride = patch_stride or patch
         try:
-            grid = checkpointing.stored_grid(n)
+            grid = init_from.stored_grid(n)
         except ValueError as e:
             raise ValueError(f"{source}: pos_embed {tuple(vit_sd['pos_embed'].shape)} fits no "
                              f"stride at --image_size={tuple(image_size)} and {e}") from e
@@ -239,7 +243,7 @@ def map_module(sd: dict, src_prefix: str, dst: tuple, flat: Flat, log_map: list)
     """Maps every key of `sd` (already stripped of `src_prefix`) under the Flax path `dst`."""
     for name in sorted(sd):
         path, arr = flax_path(name, sd[name])
-        flat[dst + path] = np.asarray(arr, np.float32)
+        flat["/".join(dst + path)] = np.asarray(arr, np.float32)
         log_map.append((src_prefix + name, "/".join(dst + path), sd[name].shape))
 
 
@@ -262,7 +266,7 @@ def map_head(head_sd: dict, dst: tuple, flat: Flat, log_map: list,
         for leaf in ("weight", "bias"):
             key = f"mlp.{i}.{leaf}"  # mlp.{0,2,4} (GELUs in between) -> mlp_{0,1,2}
             path, arr = flax_path(f"mlp_{j}.{leaf}", head_sd[key])
-            flat[dst + path] = np.asarray(arr, np.float32)
+            flat["/".join(dst + path)] = np.asarray(arr, np.float32)
             log_map.append((f"head.{key}", "/".join(dst + path), head_sd[key].shape))
     shared = "last_layer2.weight_v" not in head_sd or all(
         np.array_equal(head_sd[f"last_layer2.{x}"], head_sd[f"last_layer.{x}"])
@@ -279,11 +283,12 @@ def map_head(head_sd: dict, dst: tuple, flat: Flat, log_map: list,
         if src == "last_layer2" and shared:
             continue
         v = head_sd[f"{src}.weight_v"]
-        flat[dst + (dst_name, "weight_v")] = np.asarray(v.T, np.float32)
+        flat["/".join(dst + (dst_name, "weight_v"))] = np.asarray(v.T, np.float32)
         log_map.append((f"head.{src}.weight_v", "/".join(dst + (dst_name, "weight_v")), v.shape))
         if learn_norm:
             gs = head_sd[f"{src}.weight_g"]
-            flat[dst + (dst_name, "weight_g")] = np.asarray(gs.reshape(1, -1), np.float32)
+            flat["/".join(dst + (dst_name, "weight_g"))] = np.asarray(gs.reshape(1, -1),
+                                                                       np.float32)
             log_map.append((f"head.{src}.weight_g", "/".join(dst + (dst_name, "weight_g")),
                             gs.shape))
     v_patch = head_sd["last_layer.weight_v" if shared else "last_layer2.weight_v"]
@@ -328,10 +333,10 @@ def map_reid(base_sd: dict, rest: dict, depth: int, flat: Flat, log_map: list,
         for leaf, coll, dst_leaf in (("weight", "params", "scale"), ("running_mean", "batch_stats",
                                      "mean"), ("running_var", "batch_stats", "var")):
             arr = rest[f"{bn}.{leaf}"]
-            flat[(coll, neck, "bottleneck", dst_leaf)] = np.asarray(arr, np.float32)
+            flat[f"{coll}/{neck}/bottleneck/{dst_leaf}"] = np.asarray(arr, np.float32)
             log_map.append((f"{bn}.{leaf}", f"{coll}/{neck}/bottleneck/{dst_leaf}", arr.shape))
         w = rest[f"classifier{sfx}.weight"]
-        flat[("params", neck, "classifier", "kernel")] = np.asarray(w.T, np.float32)
+        flat[f"params/{neck}/classifier/kernel"] = np.asarray(w.T, np.float32)
         log_map.append((f"classifier{sfx}.weight", f"params/{neck}/classifier/kernel", w.shape))
     return dict(num_classes=int(rest["classifier.weight"].shape[0]), jpm_groups=groups)
 
@@ -344,23 +349,16 @@ def target_tree(config, kind: str, num_classes: int = 0, num_cameras: int = 0) -
     images = jnp.zeros((1, h, w, 3), jnp.float32)
     rng = jax.random.key(0)
     if kind == "reid":
-        from personvit_jax.models.reid import reid_model_from_config
-
         model = reid_model_from_config(config, num_classes, num_cameras)
         cams = jnp.zeros((1,), jnp.int32) if config.model.sie else None
         tree = jax.eval_shape(lambda: model.init(rng, images, cams))
     elif kind == "backbone":
-        from personvit_jax.models.vit import vit_from_config
-
         vit = vit_from_config(config.model, use_mask_token=config.model.get("mask_token", False))
         tree = {"params": {"backbone": jax.eval_shape(lambda: vit.init(rng, images))["params"]}}
     else:  # "pretrain": the teacher of configs/pretrain.py's model
-        from personvit_jax.models.pretrain import pretrain_model_from_config
-
         teacher = pretrain_model_from_config(config, student=False)
         tree = {"teacher": jax.eval_shape(lambda: teacher.init(rng, images))["params"]}
-    return {tuple(getattr(k, "key", k) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    return trees.flatten(tree)
 
 
 def fit_to_target(flat: Flat, target: Flat, stored_grid, pos_grid, source: str,
@@ -370,41 +368,30 @@ def fit_to_target(flat: Flat, target: Flat, stored_grid, pos_grid, source: str,
     that differs (with its PyTorch name and shape from `origin`: Flax path -> (name, shape))."""
     missing = sorted(set(target) - set(flat))
     unexpected = sorted(set(flat) - set(target))
-    bad = [p for p in missing if p[-1] not in FILLABLE]
+    bad = [p for p in missing if p.rsplit("/", 1)[-1] not in FILLABLE]
     if bad or unexpected:
-        raise ValueError(f"{source}: converted tree does not match the model: missing "
-                         f"{['/'.join(p) for p in bad]}, unexpected "
-                         f"{['/'.join(p) for p in unexpected]}")
+        raise ValueError(f"{source}: converted tree does not match the model: missing {bad}, "
+                         f"unexpected {unexpected}")
     out = {}
     for path, t in target.items():
         if path not in flat:
             out[path] = np.zeros(t.shape, np.float32)
-            log(f"  filled {'/'.join(path)} {tuple(t.shape)} with zeros (not in the checkpoint)")
+            log(f"  filled {path} {tuple(t.shape)} with zeros (not in the checkpoint)")
             continue
         v = flat[path]
-        if path[-1] == "pos_embed" and v.shape != t.shape:
+        if path.endswith("/pos_embed") and v.shape != t.shape:
             old = v.shape
-            v = checkpointing.resize_pos_embed_tokens(v, tuple(pos_grid), tuple(stored_grid))
-            log(f"  resized {'/'.join(path)} {old} (grid {tuple(stored_grid)}) -> {v.shape} "
+            v = init_from.resize_pos_embed_tokens(v, tuple(pos_grid), tuple(stored_grid))
+            log(f"  resized {path} {old} (grid {tuple(stored_grid)}) -> {v.shape} "
                 f"(grid {tuple(pos_grid)}), bilinear")
         if v.shape != t.shape:
-            name, shape = (origin or {}).get("/".join(path), ("", ()))
+            name, shape = (origin or {}).get(path, ("", ()))
             src = f"{name} {tuple(shape)} -> " if name else ""
-            raise ValueError(f"{source}: {src}{'/'.join(path)} has shape {v.shape} after "
+            raise ValueError(f"{source}: {src}{path} has shape {v.shape} after "
                              f"conversion, the model expects {tuple(t.shape)} (the other arrays "
                              "give this model size; is the file damaged or mixed?)")
         out[path] = np.asarray(v, np.float32)
     return out
-
-
-def unflatten(flat: Flat) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = v
-    return tree
 
 
 # ---------------------------------------------------------------------------- config
@@ -517,7 +504,7 @@ def convert(input_path: str, output_dir: str, *, fmt: str = "auto", which: str =
     dropped = [(k, drop_reason(k)) for k in sorted(sd) if k not in used]
     for k, why in dropped:
         log(f"  dropped {k} ({why})")
-    write_checkpoint(output_dir, unflatten(flat), config)
+    write_checkpoint(output_dir, trees.unflatten(flat), config)
     log(f"wrote {output_dir} ({kind}; {len(flat)} arrays, {len(dropped)} dropped)")
     return {"format": fmt, "kind": kind, "config": config, "mapped": mapped, "dropped": dropped}
 
@@ -578,47 +565,49 @@ def random_personvit_state_dict(*, width: int = 384, depth: int = 12, patch_size
 
 # ---------------------------------------------------------------------------- command line
 def _pair(text: str, cast=int) -> tuple:
-    return tuple(cast(x) for x in text.replace("x", ",").split(","))
+    try:
+        return tuple(cast(x) for x in text.replace("x", ",").split(","))
+    except ValueError as e:
+        raise ValueError(f"{text!r}: expected comma-separated numbers, e.g. 256,128") from e
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m personvit_jax.tools.convert",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, help=".pth / .pt / .safetensors / .npz file")
-    p.add_argument("--output", required=True, help="new checkpoint folder (must not exist)")
-    p.add_argument("--format", default="auto", choices=FORMATS)
-    p.add_argument("--which", default="teacher", choices=("teacher", "student"),
-                   help="network of an iBOT / DINO training checkpoint")
-    p.add_argument("--heads", action="store_true",
-                   help="iBOT / DINO: also convert the projection head (pretraining layout)")
-    p.add_argument("--image_size", default="256,128", type=_pair,
-                   help="H,W the converted model runs at (position embedding resized to it)")
-    p.add_argument("--model", default="", help=f"one of {sorted(VIT_SIZES)} (checked)")
+def define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("input", None, ".pth / .pt / .safetensors / .npz file", flag_values=fv)
+    flags.DEFINE_string("output", None, "new checkpoint folder (must not exist)", flag_values=fv)
+    flags.DEFINE_enum("format", "auto", FORMATS, "source format (auto: from the keys)",
+                      flag_values=fv)
+    flags.DEFINE_enum("which", "teacher", ("teacher", "student"),
+                      "network of an iBOT / DINO training checkpoint", flag_values=fv)
+    flags.DEFINE_boolean("heads", False, "iBOT / DINO: also convert the projection head "
+                         "(pretraining layout)", flag_values=fv)
+    flags.DEFINE_string("image_size", "256,128", "H,W the converted model runs at (position "
+                        "embedding resized to it)", flag_values=fv)
+    flags.DEFINE_string("model", "", f"one of {sorted(VIT_SIZES)} (checked)", flag_values=fv)
     for key in ("width", "depth", "num_heads", "patch_size", "patch_stride"):
-        p.add_argument(f"--{key}", type=int, default=0, help="checked against the shapes; "
-                       "num_heads is needed for non-standard widths")
-    p.add_argument("--dataset", default="", help="data.name of the written config (inferred "
-                   "from the class count of ReID checkpoints; needed for SIE)")
-    p.add_argument("--mean", type=lambda t: _pair(t, float), default=None,
-                   help="normalisation mean (default 0.5 for ReID models, ImageNet otherwise)")
-    p.add_argument("--std", type=lambda t: _pair(t, float), default=None)
-    a = p.parse_args(argv)
-    if (a.mean is None) != (a.std is None):
-        p.error("--mean and --std go together")
-    return a
+        flags.DEFINE_integer(key, 0, "checked against the shapes; num_heads is needed for "
+                             "non-standard widths", flag_values=fv)
+    flags.DEFINE_string("dataset", "", "data.name of the written config (inferred from the "
+                        "class count of ReID checkpoints; needed for SIE)", flag_values=fv)
+    flags.DEFINE_string("mean", None, "normalisation mean R,G,B (default 0.5 for ReID models, "
+                        "ImageNet's otherwise)", flag_values=fv)
+    flags.DEFINE_string("std", None, "normalisation std R,G,B (with --mean)", flag_values=fv)
+    flags.mark_flags_as_required(["input", "output"], flag_values=fv)
+
+
+def run(fv: flags.FlagValues) -> int:
+    if (fv.mean is None) != (fv.std is None):
+        raise ValueError("--mean and --std go together")
+    convert(fv.input, fv.output, fmt=fv.format, which=fv.which, heads=fv.heads,
+            image_size=_pair(fv.image_size), model=fv.model, width=fv.width, depth=fv.depth,
+            num_heads=fv.num_heads, patch_size=fv.patch_size, patch_stride=fv.patch_stride,
+            dataset=fv.dataset, mean=_pair(fv.mean, float) if fv.mean else None,
+            std=_pair(fv.std, float) if fv.std else None)
+    return 0
 
 
 def main(argv=None) -> int:
-    a = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        convert(a.input, a.output, fmt=a.format, which=a.which, heads=a.heads,
-                image_size=a.image_size, model=a.model, width=a.width, depth=a.depth,
-                num_heads=a.num_heads, patch_size=a.patch_size, patch_stride=a.patch_stride,
-                dataset=a.dataset, mean=a.mean, std=a.std)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return cli.run_tool("python -m personvit_jax.tools.convert", __doc__, define_flags, run,
+                        argv)
 
 
 if __name__ == "__main__":

@@ -16,43 +16,47 @@ Nothing is overwritten unless --overwrite is given.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import sys
+from typing import Optional
 
+import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from personvit_jax import cli, files, inference, validation
+from personvit_jax.config_args import config_path
 from personvit_jax.data.augment import load_rgb
 from personvit_jax.data.layouts import Split, list_images
-from personvit_jax.evaluation import ranking, visualize
-from personvit_jax.evaluation.features import (checkpoint_embedder, extract_features,
-                                               progress_printer, save_npz)
+from personvit_jax.evaluation import distances, visualize
+from personvit_jax.evaluation.features import extract_features, progress_printer
 from personvit_jax.training import sharding
 
-_EVAL_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs", "evaluate.py")
+_EVAL_CONFIG = config_path("evaluate")
 
 
-def define_flags() -> dict:
-    """The command-line flags (defined only when run as a program, so that importing this
-    module, e.g. from tests, never clashes with other tools' flags)."""
-    f = {"config": config_flags.DEFINE_config_file(
-        "config", _EVAL_CONFIG, "Evaluate config (model, eval and data overrides).",
-        lock_config=True)}
-    f["checkpoint"] = flags.DEFINE_string("checkpoint", None, "Run workdir, checkpoints/ folder, "
-                                          "step folder or converted checkpoint folder.")
-    f["images"] = flags.DEFINE_string("images", None, "Folder of .jpg/.jpeg/.png images "
-                                      "(recursive).")
-    f["output"] = flags.DEFINE_string("output", None, "Write the folder's features to this .npz.")
-    f["gallery"] = flags.DEFINE_string("gallery", None, "A .npz written by --output, searched by "
-                                       "--query.")
-    f["query"] = flags.DEFINE_string("query", None, "An image to look up in the gallery.")
-    f["top"] = flags.DEFINE_integer("top", 10, "Nearest gallery images to print and draw.")
-    f["draw"] = flags.DEFINE_string("draw", None, "PNG for the query's rank list (default: "
-                                    "<query name>_top<K>.png in the current folder).")
-    f["overwrite"] = flags.DEFINE_boolean("overwrite", False, "Replace existing output files.")
-    flags.mark_flag_as_required("checkpoint")
-    return f
+def define_flags(fv: flags.FlagValues) -> None:
+    config_flags.DEFINE_config_file("config", _EVAL_CONFIG, "Evaluate config (model, eval and "
+                                    "data overrides).", flag_values=fv, lock_config=True)
+    flags.DEFINE_string("checkpoint", None, "Run workdir, checkpoints/ folder, step folder or "
+                        "converted checkpoint folder.", flag_values=fv)
+    flags.DEFINE_string("images", None, "Folder of .jpg/.jpeg/.png images (recursive).",
+                        flag_values=fv)
+    flags.DEFINE_string("output", None, "Write the folder's features to this .npz.",
+                        flag_values=fv)
+    flags.DEFINE_string("gallery", None, "A .npz written by --output, searched by --query.",
+                        flag_values=fv)
+    flags.DEFINE_string("query", None, "An image to look up in the gallery.", flag_values=fv)
+    flags.DEFINE_integer("top", 10, "Nearest gallery images to print and draw.", flag_values=fv)
+    flags.DEFINE_string("draw", None, "PNG for the query's rank list (default: <query "
+                        "name>_top<K>.png in the current folder).", flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "Replace existing output files.", flag_values=fv)
+    flags.DEFINE_integer("camera_id", None, "Camera id (0-based) of the images, for models "
+                         "with SIE camera embeddings.", flag_values=fv)
+    flags.mark_flag_as_required("checkpoint", flag_values=fv)
 
 
 def folder_split(root: str) -> Split:
@@ -60,18 +64,34 @@ def folder_split(root: str) -> Split:
     return Split.from_paths(os.path.basename(os.path.normpath(root)), list_images(root))
 
 
-def embed_split(config, split: Split, label: str) -> tuple[np.ndarray, dict]:
-    """Features [N, D] of `split` with the checkpoint's test preprocessing (+ settings used)."""
+def embed_split(config, split: Split, label: str, camera_id: Optional[int] = None
+                ) -> tuple[np.ndarray, dict]:
+    """Features [N, D] of `split` with the checkpoint's test preprocessing (+ settings used).
+    A model with SIE camera embeddings needs `camera_id` (0-based), used for every image."""
+    validation.check_eval_block(config)
     mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch_divisible(config.eval.batch_size, mesh, "config.eval.batch_size")
-    fn, data_cfg, model_cfg, kind = checkpoint_embedder(config, mesh)
-    feats = extract_features(fn, split, data_cfg, mesh, config.eval.batch_size,
-                             progress=progress_printer(label))
-    settings = {"checkpoint": os.path.abspath(config.checkpoint), "kind": kind,
-                "model": model_cfg.name, "image_size": np.asarray(data_cfg.image_size),
-                "mean": np.asarray(data_cfg.mean), "std": np.asarray(data_cfg.std),
-                "flip": bool(config.eval.flip), "neck_feat": config.eval.neck_feat,
-                "normalize": bool(config.eval.normalize)}
+    e = config.eval
+    sharding.check_batch_divisible(e.batch_size, mesh, "config.eval.batch_size")
+    loaded = inference.load_model(config.checkpoint, config.model, config.data)
+    if loaded.uses_cameras:
+        if camera_id is None:
+            raise ValueError(f"{loaded.checkpoint}: the model has SIE camera embeddings "
+                             f"({loaded.num_cameras} cameras): pass --camera_id=N (0-based) for "
+                             "the images")
+        split = dataclasses.replace(split, camids=np.full(len(split), camera_id, np.int32))
+        loaded.check_camera_ids(split.camids, "--camera_id")
+    repl = sharding.replicated(mesh)
+    embed = functools.partial(
+        sharding.jit_embed(loaded.embed_fn(e.neck_feat, e.normalize, e.flip), repl, mesh),
+        jax.device_put(loaded.variables, repl))
+    p = loaded.preprocessing
+    feats = extract_features(embed, split, p, mesh, e.batch_size, config.data.num_workers,
+                             config.data.prefetch, progress=progress_printer(label))
+    settings = {"checkpoint": loaded.checkpoint, "kind": loaded.kind,
+                "model": loaded.model_config.name, "image_size": np.asarray(p.image_size),
+                "mean": np.asarray(p.mean), "std": np.asarray(p.std), "flip": bool(e.flip),
+                "neck_feat": e.neck_feat, "normalize": bool(e.normalize),
+                "camera_id": -1 if camera_id is None else int(camera_id)}
     return feats, settings
 
 
@@ -80,16 +100,16 @@ def refuse_existing(path: str, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists: choose another path or pass --overwrite")
 
 
-def extract_folder(config, root: str, output: str | None = None,
-                   overwrite: bool = False) -> tuple[np.ndarray, list[str]]:
+def extract_folder(config, root: str, output: str | None = None, overwrite: bool = False,
+                   camera_id: Optional[int] = None) -> tuple[np.ndarray, list[str]]:
     """Features and image paths of the folder; saved to `output` (.npz) when given."""
     if output:
         refuse_existing(output, overwrite)
     split = folder_split(root)
-    feats, settings = embed_split(config, split, "images")
+    feats, settings = embed_split(config, split, "images", camera_id)
     root = os.path.abspath(root)
     if output:
-        save_npz(output, {"features": feats, "names": np.asarray(
+        files.save_npz(output, {"features": feats, "names": np.asarray(
             [os.path.relpath(p, root) for p in split.paths]), "root": root, **settings})
         print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {output}")
     return feats, split.paths
@@ -107,13 +127,14 @@ def load_gallery(path: str) -> tuple[np.ndarray, list[str]]:
 
 
 def look_up(config, query: str, g_feats: np.ndarray, g_paths: list[str], top: int,
-            draw: str, overwrite: bool = False) -> list[tuple[str, float]]:
+            draw: str, overwrite: bool = False, camera_id: Optional[int] = None
+            ) -> list[tuple[str, float]]:
     """Prints and draws the `top` gallery images nearest to the image `query`."""
     if not os.path.isfile(query):
         raise FileNotFoundError(f"--query={query}: no such image")
     refuse_existing(draw, overwrite)
-    q_feats, _ = embed_split(config, Split.from_paths("query", [query]), "query")
-    dist = ranking.pairwise_distances(q_feats, g_feats, config.eval.metric)[0]
+    q_feats, _ = embed_split(config, Split.from_paths("query", [query]), "query", camera_id)
+    dist = distances.pairwise_distances(q_feats, g_feats, config.eval.metric)[0]
     best = visualize.top_k_rows(dist, top)
     found = [(g_paths[j], float(dist[j])) for j in best]
     for r, (path, d) in enumerate(found, 1):
@@ -127,26 +148,29 @@ def look_up(config, query: str, g_feats: np.ndarray, g_paths: list[str], top: in
     return found
 
 
-def main(argv, f: dict) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    v = {k: h.value for k, h in f.items()}
-    config = v["config"]
-    config.checkpoint = v["checkpoint"]
-    if not (v["images"] or v["gallery"]):
-        raise app.UsageError("give --images=FOLDER (to extract) or --gallery=F.npz (to search)")
-    if v["query"] is None and not v["output"]:
-        raise app.UsageError("give --output=F.npz (extract) and/or --query=IMAGE (look up)")
-    if v["images"]:
-        g_feats, g_paths = extract_folder(config, v["images"], v["output"], v["overwrite"])
+def run(fv: flags.FlagValues) -> int:
+    config = fv.config
+    config.checkpoint = fv.checkpoint
+    if not (fv.images or fv.gallery):
+        raise ValueError("give --images=FOLDER (to extract) or --gallery=F.npz (to search)")
+    if fv.query is None and not fv.output:
+        raise ValueError("give --output=F.npz (extract) and/or --query=IMAGE (look up)")
+    if fv.images:
+        g_feats, g_paths = extract_folder(config, fv.images, fv.output, fv.overwrite,
+                                          fv.camera_id)
     else:
-        g_feats, g_paths = load_gallery(v["gallery"])
-    if v["query"]:
-        stem = os.path.splitext(os.path.basename(v["query"]))[0]
-        look_up(config, v["query"], g_feats, g_paths, v["top"],
-                v["draw"] or f"{stem}_top{v['top']}.png", v["overwrite"])
+        g_feats, g_paths = load_gallery(fv.gallery)
+    if fv.query:
+        stem = os.path.splitext(os.path.basename(fv.query))[0]
+        look_up(config, fv.query, g_feats, g_paths, fv.top,
+                fv.draw or f"{stem}_top{fv.top}.png", fv.overwrite, fv.camera_id)
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli.run_tool("python -m personvit_jax.tools.extract", __doc__, define_flags, run,
+                        argv)
 
 
 if __name__ == "__main__":
-    _flags = define_flags()
-    app.run(lambda argv: main(argv, _flags))
+    sys.exit(main())

@@ -8,17 +8,15 @@ batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import grain
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from personvit_jax.models.vit import resize_pos_embed
+from personvit_jax import trees
 
 
 class Checkpointer:
@@ -89,184 +87,19 @@ def load_state_tree(path: str) -> dict:
         return ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
 
-def pretrained_backbone(path: str) -> dict:
-    """The backbone parameters stored at `path`: a pretrain run's TEACHER backbone (as
-    PersonViT fine-tunes from), else a fine-tune run's backbone."""
-    tree = load_state_tree(path)
-    for owner in ("teacher", "params"):
-        if isinstance(tree.get(owner), dict) and "backbone" in tree[owner]:
-            return tree[owner]["backbone"]
-    raise ValueError(f"{resolve_checkpoint(path)}: no backbone parameters found (expected "
-                     f"state['teacher']['backbone'] or state['params']['backbone']; top-level "
-                     f"keys: {sorted(tree)})")
-
-
-def saved_config(path: str) -> Optional[ml_collections.ConfigDict]:
-    """The config.json of the run (or conversion) that wrote the checkpoint at `path`: the
-    workdir holding `checkpoints/<step>/`. None when there is none (e.g. a bare step folder)."""
-    step_dir = resolve_checkpoint(path)
-    workdir = os.path.dirname(os.path.dirname(step_dir))
-    cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(cfg_path):
-        return None
-    try:
-        with open(cfg_path) as f:
-            return ml_collections.ConfigDict(json.load(f))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{cfg_path}: unreadable saved config ({e})") from e
-
-
-def inference_variables(path: str) -> tuple[str, dict]:
-    """What a checkpoint offers for feature extraction, as (kind, Flax variables):
-
-      'reid'     -> {'params': ReIDModel params, 'batch_stats': BNNeck running stats}
-                    (a fine-tune run, or a converted PersonViT/TransReID ReID model)
-      'backbone' -> {'params': ViT params} (a pretrain run's teacher, or converted backbone
-                    weights: the CLS token is the feature)
-    """
-    tree = load_state_tree(path)
-    params = tree.get("params")
-    if isinstance(params, dict) and "neck" in params:
-        if "batch_stats" not in tree:
-            raise ValueError(f"{resolve_checkpoint(path)}: ReID params without batch_stats "
-                             "(the BNNeck running statistics)")
-        return "reid", {"params": params, "batch_stats": tree["batch_stats"]}
-    return "backbone", {"params": pretrained_backbone(path)}
-
-
-def pretrained_head(path: str, fresh_head: dict, log=print) -> dict:
-    """The projection head to continue pretraining with: the checkpoint's TEACHER head (a
-    pretrain run, or iBOT/DINO weights converted with --heads) when it has exactly the arrays
-    and shapes of `fresh_head`; else `fresh_head`, and the log says why."""
-    tree = load_state_tree(path)
-    head = tree.get("teacher", {}).get("head") if isinstance(tree.get("teacher"), dict) else None
-    if head is None:
-        log(f"init_from: {path} has no projection head; the head starts fresh")
-        return fresh_head
-    want = {path_name(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(fresh_head)}
-    have = {path_name(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(head)}
-    if want != have:
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        log(f"init_from: the head of {path} does not match config.head ({diff[:5]}); the head "
-            "starts fresh")
-        return fresh_head
-    log(f"init_from: projection head loaded from {path} (teacher head)")
-    return jax.tree.map(lambda f, h: np.asarray(h, np.asarray(f).dtype), fresh_head, head)
-
-
-def merge_backbone(params: dict, backbone: dict, source: str, pos_grid, log=print) -> dict:
-    """Copies `backbone` into params['backbone'] (pos_embed resized when the grid differs; the
-    JPM block, if any, starts as a copy of the last block). Other mismatches are errors that name
-    the arrays; heads of the new model keep their fresh initialisation. `pos_grid` = the new
-    model's stored position-embedding grid (config.model.pos_grid)."""
-    target = params["backbone"]
-    flat_t = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(target)}
-    flat_s = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(backbone)}
-    missing = sorted(set(flat_t) - set(flat_s))
-    unexpected = sorted(set(flat_s) - set(flat_t))
-    # Tokens a fine-tune model may lack or add (mask token of pretraining, SIE of TransReID).
-    optional = ("['mask_token']", "['sie_embed']")
-    bad_missing = [k for k in missing if k not in optional]
-    if bad_missing:
-        raise ValueError(f"{source}: backbone lacks {bad_missing} (different model size or depth?)")
-    new = dict(flat_t)
-    mismatched = []
-    for k, v in flat_s.items():
-        if k not in flat_t:
-            continue
-        t = flat_t[k]
-        if k == "['pos_embed']" and v.shape != t.shape:
-            v = resize_pos_embed_tokens(np.asarray(v), tuple(pos_grid), _saved_pos_grid(source))
-            log(f"init_from: resized pos_embed {flat_s[k].shape} -> {t.shape}")
-        if v.shape != t.shape:
-            mismatched.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(t.shape)}")
-            continue
-        new[k] = jax.numpy.asarray(v, t.dtype)
-    if mismatched:
-        raise ValueError(f"{source}: shape mismatch for " + "; ".join(mismatched))
-    paths = [k for k, _ in jax.tree_util.tree_leaves_with_path(target)]
-    out = dict(params)
-    out["backbone"] = jax.tree_util.tree_unflatten(
-        jax.tree_util.tree_structure(target), [new[jax.tree_util.keystr(k)] for k in paths])
-    if "jpm" in params:
-        depth = sum(1 for k in backbone if k.startswith("blocks_"))
-        out["jpm"] = dict(params["jpm"], block=backbone[f"blocks_{depth - 1}"])
-        log(f"init_from: JPM block initialised from blocks_{depth - 1}")
-    log(f"init_from: loaded {len(flat_s) - len(unexpected)} backbone arrays from {source}"
-        + (f"; ignored {unexpected}" if unexpected else "")
-        + (f"; kept fresh {missing}" if missing else ""))
-    return out
-
-
-def _saved_pos_grid(path: str):
-    """model.pos_grid of the saved config of the checkpoint at `path` (None if unknown): the
-    only way to read grids such as 21x10 (overlapping patches) that a token count leaves open."""
-    try:
-        config = saved_config(path)
-    except (FileNotFoundError, ValueError):
-        return None
-    model = config.get("model") if config is not None else None
-    return tuple(model["pos_grid"]) if model is not None and "pos_grid" in model else None
-
-
-def stored_grid(num_patches: int, expected=None) -> tuple[int, int]:
-    """Grid of a stored position embedding from its patch count: `expected` (e.g. the grid the
-    checkpoint's config or image size and stride give, such as TransReID's 21x10 at 256x128 with
-    stride 12) when its size matches, else height = 2 x width (person crops, e.g. 16x8 at
-    256x128) when that fits, else square (e.g. 14x14 at 224x224)."""
-    if expected is not None and int(expected[0]) * int(expected[1]) == num_patches:
-        return int(expected[0]), int(expected[1])
-    w = int(round((num_patches / 2) ** 0.5))
-    if 2 * w * w == num_patches:
-        return 2 * w, w
-    s = int(round(num_patches ** 0.5))
-    if s * s == num_patches:
-        return s, s
-    raise ValueError(f"cannot infer the grid of a stored pos_embed with {num_patches} patch "
-                     "tokens (neither the expected grid "
-                     f"{tuple(expected) if expected is not None else None}, nor h = 2w, nor square)")
-
-
-def resize_pos_embed_tokens(pos_1nd: np.ndarray, new_grid, old_grid=None) -> np.ndarray:
-    """[1, 1 + h*w, D] (CLS first) -> [1, 1 + h'*w', D] for `new_grid` = (h', w'); the stored
-    grid (h, w) is `old_grid` when it fits the token count, else inferred (`stored_grid`)."""
-    d = pos_1nd.shape[-1]
-    h, w = stored_grid(pos_1nd.shape[1] - 1, old_grid)
-    grid = resize_pos_embed(jax.numpy.asarray(pos_1nd[0, 1:]).reshape(h, w, d), new_grid)
-    return np.concatenate([pos_1nd[:, :1], np.asarray(grid).reshape(1, -1, d)], axis=1)
-
-
 def saved_shapes(path: str) -> dict[str, tuple]:
     """{keystr path: shape} of the arrays saved at `path` (see `resolve_checkpoint`), from the
     checkpoint's metadata only (no array is read)."""
     with ocp.PyTreeCheckpointer() as ckptr:
         saved = ckptr.metadata(os.path.join(resolve_checkpoint(path), "state")).item_metadata.tree
-    return {path_name(k): tuple(v.shape) for k, v in
-            jax.tree_util.tree_leaves_with_path(saved) if hasattr(v, "shape")}
-
-
-def path_name(path) -> str:
-    """'params/neck/classifier/kernel' for a tree path, the same whether the tree holds
-    namedtuples (optax states) or the dicts/lists Orbax's metadata reads them back as."""
-    parts = []
-    for p in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(p, attr):
-                parts.append(str(getattr(p, attr)))
-                break
-    return "/".join(parts)
+    return {k: tuple(v.shape) for k, v in trees.flatten(saved).items() if hasattr(v, "shape")}
 
 
 def check_restorable(step_dir: str, target: Any) -> None:
     """Raises a ValueError naming every array whose saved shape differs from `target`'s (a
     different model size, number of classes or head), or that exists on one side only."""
-    flat_s = saved_shapes(step_dir)
-    flat_t = {path_name(k): tuple(v.shape) for k, v in
-              jax.tree_util.tree_leaves_with_path(target)}
-    problems = [f"{k}: checkpoint {flat_s[k]} vs model {flat_t[k]}"
-                for k in sorted(set(flat_s) & set(flat_t)) if flat_s[k] != flat_t[k]]
-    problems += [f"{k}: only in the model" for k in sorted(set(flat_t) - set(flat_s))]
-    problems += [f"{k}: only in the checkpoint" for k in sorted(set(flat_s) - set(flat_t))]
+    problems = trees.diff(saved_shapes(step_dir),
+                          trees.shapes(trees.flatten(target))).problems()
     if problems:  # model arrays first; the optimizer state mirrors them
         problems.sort(key=lambda p: (p.startswith("opt_state"), p))
         shown = problems[:20] + ([f"... {len(problems) - 20} more"] if len(problems) > 20 else [])
@@ -294,12 +127,13 @@ def set_aside(ckpt: Checkpointer, step: int) -> str:
     return dst
 
 
-def restore_or_initialize(ckpt: Checkpointer, state: Any, data_iter, init_from: str,
-                          load_backbone, log=print, warn=print) -> Any:
+def restore_or_initialize(ckpt: Checkpointer, state: Any, data_iter,
+                          init: Optional[Callable[[Any], Any]] = None, log=print,
+                          warn=print) -> Any:
     """The start order of every stage: 1) resume from this workdir's latest readable checkpoint
     (state and data-iterator position; an unreadable newest one is set aside with a warning and
-    the one before it is used), 2) `init_from`: `load_backbone(state, backbone_params)` returns
-    the state with the pretrained backbone put in, 3) keep the freshly initialised `state`."""
+    the one before it is used), 2) `init(state)`: the state with weights from another run put
+    in (the stage's `config.init_from`), 3) keep the freshly initialised `state`."""
     target = abstract_state(state)
     ckpt.manager.reload()
     for step in sorted(ckpt.manager.all_steps(), reverse=True):
@@ -316,8 +150,8 @@ def restore_or_initialize(ckpt: Checkpointer, state: Any, data_iter, init_from: 
             continue
         log(f"resumed from {ckpt.directory} at step {step}")
         return restored
-    if init_from:
-        return load_backbone(state, pretrained_backbone(init_from))
+    if init is not None:
+        return init(state)
     log("starting from scratch (no checkpoint in the workdir, no init_from)")
     return state
 

@@ -4,6 +4,7 @@ preemption (SIGTERM -> checkpoint -> exit 0) and the non-finite guard."""
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import threading
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from personvit_jax import files
 from personvit_jax.training import sharding
 from personvit_jax.training.checkpointing import Checkpointer
 from personvit_jax.training.logging import MetricLogger
@@ -117,8 +119,6 @@ def run(state: dict, data_iter, train_step: Callable, *, mesh: Mesh, ckpt: Check
     'stop' mode. `eval_fn(state)` runs every `eval_every` steps (0 = never) except at the end,
     which the stage evaluates itself. On SIGTERM: save at the next step, return preempted=True.
     """
-    if nonfinite not in NONFINITE_MODES:
-        raise ValueError(f"config.nonfinite={nonfinite!r}: expected one of {NONFINITE_MODES}")
     step = first_step = int(state["step"])
     metric_sum, metric_count = None, 0
     pending: collections.deque = collections.deque()
@@ -159,6 +159,22 @@ def run(state: dict, data_iter, train_step: Callable, *, mesh: Mesh, ckpt: Check
     finally:
         watch.close()
     return state, step, preempted
+
+
+def finish(state: dict, step: int, *, eval_fn: Callable[[dict], dict[str, Any]],
+           eval_prefix: str, logger: MetricLogger, ckpt: Checkpointer, workdir: str,
+           results: dict[str, Any]) -> dict[str, Any]:
+    """A stage's end after the last step: the final evaluation, logged and written by process 0
+    to <workdir>/eval_results.json (`results` fields first, then step and the summary); the
+    logger and checkpointer closed. Returns the summary."""
+    summary = eval_fn(state)
+    logger.write(step, summary, prefix=eval_prefix)
+    if jax.process_index() == 0:
+        files.write_json(os.path.join(workdir, "eval_results.json"),
+                         {**results, "step": step, **summary})
+    logger.close()
+    ckpt.close()
+    return summary
 
 
 def close_preempted(logger: MetricLogger, ckpt: Checkpointer, step: int) -> dict:

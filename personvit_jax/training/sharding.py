@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from personvit_jax.training.checkpointing import path_name
+from personvit_jax.trees import path_name
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = MESH_AXES  # the leading (batch) axis is split over every device
@@ -123,6 +123,15 @@ def jit_train_step(step_fn: Callable, state_shardings: Any, mesh: Mesh) -> Calla
     metrics come back replicated."""
     return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharded(mesh)),
                    out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+
+
+def jit_embed(embed_fn: Callable, variables_sharding: Any, mesh: Mesh) -> Callable:
+    """jit of an `embed_fn(variables, images [B, ...], camids [B]) -> features [B, D]`: the
+    variables keep their shardings, images and camera ids are split over the batch axes, the
+    features come back replicated (every process holds all rows)."""
+    batch = batch_sharded(mesh)
+    return jax.jit(embed_fn, in_shardings=(variables_sharding, batch, batch),
+                   out_shardings=replicated(mesh))
 
 
 def check_batch_divisible(global_batch: int, mesh: Mesh, what: str) -> None:
