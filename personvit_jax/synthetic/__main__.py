@@ -14,75 +14,89 @@ of another style domain. Defaults are those functions' defaults (--help lists th
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import os
 import sys
 import time
 from typing import Optional, Sequence
 
+from absl import flags
+
+from personvit_jax import cli
 from personvit_jax.synthetic.plan import SPLITS
 from personvit_jax.synthetic.write import (generate_pool, generate_synthetic_market, market_args,
                                            pool_args, read_manifest)
 
-_PAIRS = ("images_per_id", "cameras_per_id")  # (lo, hi) arguments
+PROG = "python -m personvit_jax.synthetic"
+_PAIRS = ("images_per_id", "cameras_per_id")  # (lo, hi) arguments: --images_per_id=4,8
+_OWN = ("out", "pool", "workers", "help")
 
 
 def _defaults(fn) -> dict:
     return {k: p.default for k, p in inspect.signature(fn).parameters.items()}
 
 
-def _parser() -> argparse.ArgumentParser:
+def define_flags(fv: flags.FlagValues) -> None:
     market, pool = _defaults(market_args), _defaults(pool_args)
-    p = argparse.ArgumentParser(
-        prog="python -m personvit_jax.synthetic", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="root directory to create")
-    p.add_argument("--pool", action="store_true", help="write the unlabeled pool instead")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="rendering processes (the output does not depend on it)")
+    flags.DEFINE_string("out", None, "root directory to create", flag_values=fv)
+    flags.DEFINE_boolean("pool", False, "write the unlabeled pool instead", flag_values=fv)
+    flags.DEFINE_integer("workers", os.cpu_count() or 1, "rendering processes (the output does "
+                         "not depend on it)", flag_values=fv)
     for name in sorted(set(market) | set(pool)):
         where = ("both" if name in market and name in pool else
                  "labelled set" if name in market else "--pool")
         shown = {k: d[name] for k, d in (("set", market), ("pool", pool)) if name in d}
         help_text = f"{where}; default " + ", ".join(f"{k} {v}" for k, v in shown.items())
         if name in _PAIRS:
-            p.add_argument(f"--{name}", type=int, nargs=2, metavar=("LO", "HI"), help=help_text)
+            flags.DEFINE_list(name, None, help_text + " (LO,HI)", flag_values=fv)
         else:
-            p.add_argument(f"--{name}", type=int, help=help_text)
-    return p
+            flags.DEFINE_integer(name, None, help_text, flag_values=fv)
+    flags.mark_flag_as_required("out", flag_values=fv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m personvit_jax.synthetic [--pool] --out=DIR [...]``; returns the exit code."""
-    parser = _parser()
-    ns = parser.parse_args(argv)
-    accepted = _defaults(pool_args if ns.pool else market_args)
-    given = {k: v for k, v in vars(ns).items()
-             if v is not None and k not in ("out", "pool", "workers")}
-    wrong = sorted(set(given) - set(accepted))
-    if wrong:
-        parser.error(f"{', '.join('--' + w for w in wrong)}: not an argument of the "
-                     f"{'pool' if ns.pool else 'labelled set (add --pool?)'}")
-    generate = generate_pool if ns.pool else generate_synthetic_market
+def _given(fv: flags.FlagValues) -> dict:
+    """The generator arguments set on the command line, checked against the chosen kind."""
+    accepted = _defaults(pool_args if fv.pool else market_args)
+    given = {}
+    for name in fv:
+        value = fv[name].value
+        if name in _OWN or value is None or not fv[name].present:
+            continue
+        if name not in accepted:
+            raise ValueError(f"--{name}: not an argument of the "
+                             f"{'pool' if fv.pool else 'labelled set (add --pool?)'}")
+        if name in _PAIRS:
+            try:
+                lo, hi = (int(v) for v in value)
+            except ValueError:
+                raise ValueError(f"--{name}={','.join(value)}: expected two integers LO,HI")
+            value = (lo, hi)
+        given[name] = value
+    return given
+
+
+def run(fv: flags.FlagValues) -> int:
+    given = _given(fv)
+    generate = generate_pool if fv.pool else generate_synthetic_market
     start = time.perf_counter()
-    try:
-        root = generate(ns.out, num_workers=ns.workers, log=print, **given)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    root = generate(fv.out, num_workers=fv.workers, log=print, **given)
     seconds = time.perf_counter() - start
     counts = (read_manifest(root) or {}).get("counts", {})
     print(f"{root} ({seconds:.1f} s)")
-    if ns.pool:
+    if fv.pool:
         print("  " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())))
         print(f"  build it: python -m personvit_jax.data.prepare --dataset=unlabeled_folder "
               f"--source={root}")
-    for split in () if ns.pool else SPLITS:
+    for split in () if fv.pool else SPLITS:
         c = counts.get(split, {})
         print(f"  {split:<20} images={c.get('images')} ids={c.get('ids')} "
               f"distractors={c.get('distractors')} junk={c.get('junk')}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m personvit_jax.synthetic [--pool] --out=DIR [...]``; returns the exit code."""
+    return cli.run_tool(PROG, __doc__, define_flags, run, argv)
 
 
 if __name__ == "__main__":
