@@ -8,8 +8,9 @@ finetune: the P x K pipeline of configs/finetune.py (256x128, flip, pad + crop, 
           batch 64). pretrain: the multi-crop pipeline of configs/pretrain.py (2 global 256x128
           + 8 local 128x64 crops, uint8, with their colour-jitter / grayscale / blur / solarise
           parameters, which the train step applies on the device, and the student masks;
-          batch 64). Images: Market-1501-size JPEGs (128x64) of the synthetic set,
-          generated under --data_dir (default: a temporary folder) unless already there.
+          batch 64). Images: Market-1501-size JPEGs (128x64) of the synthetic set, read from
+          its TFDS records as every dataset is, generated and built under --data_dir (default:
+          a temporary folder) unless already there.
 workers=0 runs the loaders in the iterator's prefetch threads inside this process; N > 0 uses
 N Grain worker processes. The first batch (worker start-up) is not timed.
 """
@@ -45,7 +46,7 @@ def pretrain_iterator(split, config, num_steps, workers):
     d = config.data
     d.num_workers = workers
     grid = grid_size(d.global_size, config.model.patch_size, config.model.patch_stride)
-    return pipeline.pretrain_iterator(split.paths, d, config.mask, grid, d.batch_size,
+    return pipeline.pretrain_iterator(split, d, config.mask, grid, d.batch_size,
                                       num_steps, config.seed)
 
 
@@ -71,7 +72,8 @@ def main():
     p.add_argument("--batches", type=int, default=20, help="timed batches per figure")
     p.add_argument("--batch", type=int, default=64, help="images per batch")
     p.add_argument("--data_dir", default=None,
-                   help="where the synthetic set is (generated if absent); default: a temp dir")
+                   help="where the synthetic set's build is (made if absent); default: a temp "
+                   "dir")
     args = p.parse_args()
     flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags (defaults here)
     if args.batch % 4:

@@ -103,8 +103,7 @@ from IPython.display import display
 from PIL import Image
 
 from personvit_jax.config_args import load_config
-from personvit_jax.data import layouts, prepare
-from personvit_jax.data.synthetic import generate_synthetic_market
+from personvit_jax.data import pipeline, prepare
 from personvit_jax.evaluation import visualize
 from personvit_jax.stages import evaluate, finetune
 from personvit_jax.training.logging import plot_metrics, quiet_library_logs
@@ -120,25 +119,28 @@ if SMALL:
 # %% [markdown]
 # ## 1. A folder of identities
 #
-# Made here from the synthetic set's Market-1501 files (person id and camera are in their
-# names); yours would come from your own footage. The camera ids go into a separate CSV.
+# Made here from the synthetic person set, read from its TFDS records as any dataset (it is
+# generated and built on first use): each record holds the JPEG bytes, the original person id
+# and the camera. Yours would come from your own footage. The camera ids go into a separate CSV.
 
 # %%
 if not MY_DATA:
-    source = generate_synthetic_market(os.path.join(WORKDIR, "synthetic_market1501"),
-                                       **SYNTHETIC)
+    synthetic = pipeline.load_splits("synthetic", os.path.join(WORKDIR, "data"), SYNTHETIC)
     MY_DATA = os.path.join(WORKDIR, "my_people")
     LABELS_CSV = os.path.join(WORKDIR, "my_people_cameras.csv")
     if not os.path.isdir(MY_DATA):  # written to a temporary folder, renamed when complete
         tmp = tempfile.mkdtemp(dir=WORKDIR)
         rows = [("path", "pid", "camid")]
-        for split, market_dir in (("train", "bounding_box_train"), ("query", "query"),
-                                  ("gallery", "bounding_box_test")):
-            parsed = layouts.parse_market_dir(os.path.join(source, market_dir), num_cameras=6)
-            for path, pid, camid in zip(parsed.paths, parsed.pids, parsed.camids):
-                relative = os.path.join(split, f"{pid:04d}", os.path.basename(path))
+        for split in ("train", "query", "gallery"):
+            records = synthetic[split].records
+            for i in range(len(records)):
+                record = records[i]
+                pid, camid = int(record["pid"]), int(record["camid"])
+                relative = os.path.join(split, f"{pid:04d}", os.path.basename(
+                    synthetic[split].paths[i]))
                 os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
-                shutil.copyfile(path, os.path.join(tmp, relative))
+                with open(os.path.join(tmp, relative), "wb") as f:
+                    f.write(record["image"])
                 rows.append((relative, pid, camid))
         with open(LABELS_CSV, "w", newline="") as f:
             csv.writer(f).writerows(rows)

@@ -95,7 +95,7 @@ from PIL import Image
 from personvit_jax import files
 from personvit_jax.config_args import load_config
 from personvit_jax.data.layouts import list_images
-from personvit_jax.data.synthetic import generate_synthetic_market
+from personvit_jax.synthetic import generate_synthetic_market
 from personvit_jax.evaluation import visualize
 from personvit_jax.evaluation.attention import checkpoint_cls_attention
 from personvit_jax.tools import convert, export, extract

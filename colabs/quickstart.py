@@ -127,10 +127,11 @@ def shrink_model(config):
 #
 # Identity is the combination of body shape, clothes, colours, bags and hats; cameras change
 # the scene, colour cast, pose, scale and occlusion. The set is generated once (seeded,
-# byte-deterministic) into `DATA_DIR/synthetic_market1501/` in the Market-1501 layout.
+# byte-deterministic) into `DATA_DIR/synthetic_market1501/` in the Market-1501 layout and built
+# as TFDS records under `DATA_DIR/synthetic/`, which every stage reads, as for Market-1501.
 
 # %%
-splits = pipeline.load_splits("synthetic", DATA_DIR, SYNTHETIC)  # generates the set if absent
+splits = pipeline.load_splits("synthetic", DATA_DIR, SYNTHETIC)  # generates + builds if absent
 for name, split in splits.items():
     print(f"{name:8s} {len(split):5d} images, {split.num_ids:4d} identities, "
           f"{len(np.unique(split.camids))} cameras")

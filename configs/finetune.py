@@ -3,7 +3,7 @@ r"""Supervised ReID fine-tuning (the PersonViT / TransReID recipe).
 Launch:
   python -m personvit_jax.main --config=configs/finetune.py:dataset=market1501,model=vit_small \
       --workdir=runs/market_vits --config.init_from=runs/pretrain_vits
-CPU-sized run on the built-in synthetic person set (generated on first use):
+CPU-sized run on the built-in synthetic person set (generated and built on first use):
   python -m personvit_jax.main --config=configs/finetune.py:synthetic --workdir=runs/synthetic
 
 Real datasets are read from their TFDS build: prepare one first (once), e.g.
@@ -39,10 +39,11 @@ def get_config(arg=None):
     # ---------------------------------------------------------------- data
     c.data = d = ml_collections.ConfigDict()
     # market1501 | dukemtmc | occluded_duke | msmt17 | msmt17_v2 | reid_folder (read from their
-    # TFDS build, see data/prepare.py) | synthetic (raw folder, generated on first use)
+    # TFDS build, see data/prepare.py) | synthetic (generated and built as TFDS records on
+    # first use, see personvit_jax/synthetic/build.py)
     d.name = args["dataset"]
     d.data_dir = "data"  # where data.prepare wrote the builds (data/market1501/1.0.0/...); for
-    #                      synthetic: where its folder is generated (data/synthetic_market1501)
+    #                      synthetic: where it is generated and built (data/synthetic/...)
     d.image_size = (256, 128)  # (height, width) fed to the network
     d.num_ids_per_batch = 16  # P: identities per batch
     d.num_instances = 4  # K: images per identity; batch = P * K
@@ -55,9 +56,14 @@ def get_config(arg=None):
         {"prob": 0.0, "brightness": 0.15, "contrast": 0.15, "saturation": 0.1, "hue": 0.1})
     d.mean = (0.5, 0.5, 0.5)  # normalisation mean (PersonViT: 0.5, not ImageNet's)
     d.std = (0.5, 0.5, 0.5)  # normalisation std
+    # Label efficiency: train on this fraction of the train identities (all their images),
+    # drawn with `subset_seed`; 1.0 = all
+    d.train_id_fraction = 1.0
+    d.subset_seed = 0
     d.num_workers = 0  # Grain worker processes for decoding/augmentation (0 = threads only)
     d.prefetch = 2  # batches prepared ahead (memory: a 64 x 256 x 128 batch is 25 MB)
-    # Only for dataset=synthetic: arguments of data.synthetic.generate_synthetic_market.
+    # Only for dataset=synthetic: arguments of personvit_jax.synthetic.market_args (the others,
+    # e.g. height/width/num_cameras/style_seed, keep its defaults); they name the set's build.
     d.synthetic = ml_collections.ConfigDict({
         "seed": 0,  # generator seed (same arguments -> byte-identical files)
         "num_train_ids": 450,  # identities in bounding_box_train
@@ -113,6 +119,9 @@ def get_config(arg=None):
     o.warmup_factor = 0.01  # warm-up starts at 0.01 x base_lr
     o.final_lr_factor = 0.002  # cosine ends at 0.002 x base_lr
     o.per_epoch_schedule = True  # LR changes once per epoch (as PersonViT); False = every step
+    # Layer-wise LR decay (BEiT / iBOT fine-tuning of self-supervised ViTs): block i learns at
+    # layer_decay ** (depth - i) x the LR, the embeddings at layer_decay ** (depth + 1); 1 = off
+    o.layer_decay = 1.0
     # Gradient accumulation: each step's P x K batch runs as `accum_steps` micro-batches of
     # whole identities (P / accum_steps ids each), one optimizer update per step. The triplet
     # mines and BatchNorm normalises within a micro-batch, so this is NOT a P x K batch of

@@ -34,7 +34,7 @@ def get_config(arg=None):
     # workdir); synthetic or a prepared labelled dataset name: its train split (labels unused)
     d.name = "unlabeled_folder"
     d.root = "data/LUPerson"  # name=folder: person crops (any sub-folder tree of .jpg/.png)
-    d.data_dir = "data"  # where data.prepare wrote the builds / the synthetic set is generated
+    d.data_dir = "data"  # where data.prepare wrote the builds / the synthetic set is built
     d.synthetic = ml_collections.ConfigDict({  # generator arguments (name=synthetic)
         "seed": 0, "num_train_ids": 450, "num_test_ids": 150, "images_per_id": (4, 8),
         "num_distractors": 300, "num_junk": 100})

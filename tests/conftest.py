@@ -93,12 +93,12 @@ def assert_trees_close_in_norm(a, b, rel: float, atol: float):
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
-    """A data_dir holding a tiny synthetic Market-layout set (generated once per session)."""
-    from personvit_jax.data import layouts
-    from personvit_jax.data.synthetic import generate_synthetic_market
+    """A data_dir holding the tiny synthetic set, generated and built as TFDS records once per
+    session (what data.name=synthetic does on first use)."""
+    from personvit_jax.synthetic import build
 
     data_dir = str(tmp_path_factory.mktemp("data"))
-    generate_synthetic_market(layouts.dataset_root("synthetic", data_dir), **TINY_SYNTHETIC)
+    build.prepare(data_dir, TINY_SYNTHETIC)
     return data_dir
 
 

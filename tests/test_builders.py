@@ -274,3 +274,31 @@ def test_bad_sources_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="'market1501' is not prepared under"):
         pipeline.load_splits("market1501", data_dir)
     assert not os.path.exists(data_dir) or os.listdir(data_dir) == []
+
+
+def test_build_atomically_cleans_dead_staging_and_never_replaces_a_racing_build(tmp_path):
+    """A staging folder of a killed build (its owner process gone) is removed by the next build;
+    a build that finds its target created meanwhile leaves that target as it is."""
+    import json
+    import socket
+
+    data_dir = tmp_path / "data"
+    dead = data_dir / ".prepare-deadbeef"
+    dead.mkdir(parents=True)
+    (dead / "owner.json").write_text(json.dumps({"pid": 2**30, "host": socket.gethostname()}))
+    root = fake_market(str(tmp_path / "Market-1501-v15.09.15"))
+    prepare("market1501", root, str(data_dir), out=lambda _: None)
+    assert sorted(os.listdir(data_dir)) == ["market1501"]
+
+    final = str(tmp_path / "out" / "set")
+
+    def racing_write(staging):
+        os.makedirs(os.path.join(final, "theirs"))  # another process finished first
+        os.makedirs(os.path.join(staging, "mine", "x"))
+        return os.path.join(staging, "mine")
+
+    with pytest.raises(FileExistsError, match="appeared while this build ran"):
+        builders.build_atomically(final, racing_write)
+    assert os.listdir(final) == ["theirs"] and os.listdir(tmp_path / "out") == ["set"]
+    with pytest.raises(FileExistsError, match="already exists; not replacing it"):
+        builders.build_atomically(final, racing_write)

@@ -9,10 +9,12 @@ import pytest
 from conftest import REPO
 from personvit_jax import cli
 from personvit_jax.data import prepare
+from personvit_jax.synthetic import __main__ as synthetic
 from personvit_jax.tools import convert, export, extract
 
 TOOLS = {"convert": (convert, "--input"), "export": (export, "--checkpoint"),
-         "extract": (extract, "--images"), "prepare": (prepare, "--dataset")}
+         "extract": (extract, "--images"), "prepare": (prepare, "--dataset"),
+         "synthetic": (synthetic, "--num_train_ids")}
 
 
 @pytest.mark.parametrize("name", sorted(TOOLS))

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -46,11 +45,11 @@ def backbone_ckpt(tmp_path_factory):
 def image_folder(tmp_path_factory, tiny_splits):
     """Nested folders of synthetic person crops."""
     root = tmp_path_factory.mktemp("imgs")
-    paths = tiny_splits["query"].paths[:5]
-    for i, p in enumerate(paths):
+    query = tiny_splits["query"]  # read from its TFDS records
+    for i in range(5):
         sub = root / ("a" if i < 2 else os.path.join("b", "c"))
         sub.mkdir(parents=True, exist_ok=True)
-        shutil.copy(p, sub / os.path.basename(p))
+        (sub / os.path.basename(query.paths[i])).write_bytes(query.records[i]["image"])
     return str(root)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from personvit_jax.data import layouts
+from personvit_jax.data import layouts, pipeline
 
 
 def _touch_jpg(path):
@@ -69,7 +69,7 @@ def test_market_errors_name_the_path(tmp_path):
     with pytest.raises(ValueError, match="camera 9 out of range"):
         layouts.load_market_layout(root, 6)
     with pytest.raises(ValueError, match="config.data.name='nope'"):
-        layouts.load_folder_splits("nope", str(tmp_path))
+        pipeline.load_splits("nope", str(tmp_path))
 
 
 def test_msmt17_lists(tmp_path):

@@ -139,6 +139,6 @@ def test_collapse_signals():
     assert float(e["entropy_of_mean"]) == pytest.approx(math.log(k), rel=1e-4)
     assert float(e["mean_entropy"]) < 1e-3
     rng = np.random.default_rng(0)
-    assert effective_rank(np.outer(rng.normal(size=50), rng.normal(size=8))) == pytest.approx(
-        1.0, abs=1e-3)
-    assert effective_rank(np.eye(8)) == pytest.approx(8.0, rel=1e-6)
+    line = np.outer(rng.normal(size=50), rng.normal(size=8)) + rng.normal(size=8)  # + a mean
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-3)
+    assert effective_rank(np.concatenate([np.eye(8), -np.eye(8)])) == pytest.approx(8.0, rel=1e-6)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from personvit_jax.training.optim import (clip_per_tensor, finetune_lr_schedule,
+from personvit_jax.training.optim import (clip_per_tensor, finetune_lr_schedule, layer_decay_scales,
                                           make_finetune_optimizer, pretrain_schedules,
                                           warmup_cosine)
 
@@ -132,3 +132,25 @@ def test_clip_per_tensor_is_ibots():
     np.testing.assert_allclose(out["a"], np.array([3.0, 4.0]) / (5.0 + 1e-6), rtol=1e-7)
     np.testing.assert_array_equal(out["b"], g["b"])  # norm 0.5: untouched
     np.testing.assert_array_equal(out["c"], g["c"])
+
+
+def test_layer_decay_scales_and_their_use():
+    """decay ** (depth + 1 - layer): embeddings lowest, last block decay ** 1, neck and final
+    norm 1; the fine-tune update of each parameter is scaled by it."""
+    params = {"backbone": {"cls_token": jnp.ones((1, 1, 2)), "pos_embed": jnp.ones((1, 3, 2)),
+                           "patch_embed": {"kernel": jnp.ones((2, 2))},
+                           "blocks_0": {"w": jnp.ones(2)}, "blocks_1": {"w": jnp.ones(2)},
+                           "norm": {"scale": jnp.ones(2)}},
+              "neck": {"classifier": {"kernel": jnp.ones((2, 3))}}}
+    s = layer_decay_scales(params, depth=2, decay=0.5)
+    assert s["backbone"]["cls_token"] == s["backbone"]["patch_embed"]["kernel"] == 0.125
+    assert s["backbone"]["blocks_0"]["w"] == 0.25 and s["backbone"]["blocks_1"]["w"] == 0.5
+    assert s["backbone"]["norm"]["scale"] == s["neck"]["classifier"]["kernel"] == 1.0
+    cfg = _optim_cfg(per_epoch_schedule=False, warmup_epochs=0, base_lr=0.1, final_lr_factor=1.0,
+                     weight_decay=0.0, weight_decay_bias=0.0, bias_lr_factor=1.0)
+    grads = jax.tree.map(jnp.ones_like, params)
+    plain, _ = make_finetune_optimizer(cfg, 1)
+    decayed, _ = make_finetune_optimizer(cfg, 1, s)
+    u0, _ = plain.update(grads, plain.init(params), params)
+    u1, _ = decayed.update(grads, decayed.init(params), params)
+    jax.tree.map(lambda a, b, f: np.testing.assert_allclose(b, a * f, rtol=1e-6), u0, u1, s)

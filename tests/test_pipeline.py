@@ -37,7 +37,7 @@ def _aug_cfg(**kw):
 
 def test_train_transform_flip_and_erasing(tiny_splits):
     split = tiny_splits["train"]
-    img = augment.load_rgb(split.paths[0])
+    img = split.image(0)
     plain = _aug_cfg(flip_prob=0.0, pad=0, erasing_prob=0.0)
     x = augment.reid_train_transform(img, np.random.default_rng(0), plain)
     # bicubic (train) vs bilinear (test) resize: close on average, not pixel-exact
@@ -89,7 +89,7 @@ def test_eval_iterator_order_and_padding(tiny_splits):
     assert valid.sum() == len(q) and valid[: len(q)].all()
     cams = np.concatenate([b["camids"] for b in batches])[: len(q)]
     np.testing.assert_array_equal(cams, q.camids)
-    first = augment.reid_test_transform(augment.load_rgb(q.paths[0]), _aug_cfg())
+    first = augment.reid_test_transform(q.image(0), _aug_cfg())
     np.testing.assert_array_equal(batches[0]["images"][0], first)
 
 
@@ -113,3 +113,22 @@ def test_color_jitter():
     # saturation 1 (factor in [0, 2]) and hue change colours but keep the shape and dtype
     z = jitter(3, 0, 0, 1.0, 0.5)
     assert z.shape == x.shape and z.dtype == np.uint8 and not np.array_equal(z, x)
+
+
+def test_subset_identities(tiny_splits):
+    """A seeded fraction of the identities with all their images, pids relabelled 0..C'-1;
+    images read through the subset are those of the kept records."""
+    train = tiny_splits["train"]
+    half = pipeline.subset_identities(train, 0.5, seed=0)
+    assert half.num_ids == round(0.5 * train.num_ids)
+    assert sorted(set(half.pids.tolist())) == list(range(half.num_ids))
+    kept = [i for i, p in enumerate(train.paths) if p in set(half.paths)]
+    assert len(kept) == len(half) and np.array_equal(half.camids, train.camids[kept])
+    first = kept[0]
+    assert np.array_equal(np.asarray(half.image(0)), np.asarray(train.image(first)))
+    again = pipeline.subset_identities(train, 0.5, seed=0)
+    other = pipeline.subset_identities(train, 0.5, seed=1)
+    assert list(again.paths) == list(half.paths) and list(other.paths) != list(half.paths)
+    assert pipeline.subset_identities(train, 1.0, seed=0) is train
+    with pytest.raises(ValueError, match="train_id_fraction=0.0"):
+        pipeline.subset_identities(train, 0.0, seed=0)

@@ -30,9 +30,9 @@ MASK = ml_collections.ConfigDict({"ratio": 0.3, "ratio_var": 0.2, "masked_fracti
 
 
 def test_pretrain_batches_deterministic_and_process_independent(tiny_splits):
-    paths = tiny_splits["train"].paths
-    make = lambda p=0, n=1: list(pipeline.pretrain_iterator(paths, _aug(), MASK, (8, 4), 8, 3, 0,
-                                                            p, n))
+    images = tiny_splits["train"]  # read from its TFDS records
+    make = lambda p=0, n=1: list(pipeline.pretrain_iterator(images, _aug(), MASK, (8, 4), 8, 3,
+                                                            0, p, n))
     one, again = make(), make()
     halves = [make(p, 2) for p in range(2)]
     b = one[0]
@@ -47,8 +47,8 @@ def test_pretrain_batches_deterministic_and_process_independent(tiny_splits):
             np.testing.assert_array_equal(one[s][k], np.concatenate([halves[0][s][k],
                                                                      halves[1][s][k]]))
     # an epoch visits distinct images
-    spe = len(paths) // 8
-    seen = np.concatenate([pipeline.PretrainBatchLoader(paths, _aug(), MASK, (8, 4), 8, 0,
+    spe = len(images) // 8
+    seen = np.concatenate([pipeline.PretrainBatchLoader(images, _aug(), MASK, (8, 4), 8, 0,
                                                         slice(None)).batch_indices(s)
                            for s in range(spe)])
     assert len(set(seen)) == len(seen) == spe * 8
@@ -56,9 +56,9 @@ def test_pretrain_batches_deterministic_and_process_independent(tiny_splits):
 
 def test_no_masks_before_mask_start_epoch(tiny_splits):
     """iBOT's pred_start_epoch: every student crop unmasked in the epochs before it."""
-    paths = tiny_splits["train"].paths
     mask = ml_collections.ConfigDict(dict(MASK, start_epoch=1, masked_fraction=1.0))
-    loader = pipeline.PretrainBatchLoader(paths, _aug(num_local_crops=0), mask, (8, 4), 8, 0,
+    loader = pipeline.PretrainBatchLoader(tiny_splits["train"], _aug(num_local_crops=0), mask,
+                                          (8, 4), 8, 0,
                                           slice(None))
     spe = loader.steps_per_epoch
     assert not any(loader(s)["masks"].any() for s in range(spe))
@@ -67,14 +67,15 @@ def test_no_masks_before_mask_start_epoch(tiny_splits):
 
 def test_image_folder_index_cached_and_errors(tmp_path, tiny_splits):
     root = tmp_path / "lup"
-    for i, p in enumerate(tiny_splits["train"].paths[:5]):
+    train = tiny_splits["train"]  # read from its TFDS records
+    for i in range(5):
         d = root / f"sub{i % 2}"
         d.mkdir(parents=True, exist_ok=True)
-        shutil.copy(p, d / f"{i}.jpg")
+        (d / f"{i}.jpg").write_bytes(train.records[i]["image"])
     cache = str(tmp_path / "index.txt")
     paths = layouts.image_folder_index(str(root), cache)
     assert len(paths) == 5 and paths == sorted(paths)
-    shutil.copy(tiny_splits["train"].paths[0], root / "new.jpg")
+    (root / "new.jpg").write_bytes(train.records[0]["image"])
     assert layouts.image_folder_index(str(root), cache) == paths  # cached, not re-listed
     with pytest.raises(FileNotFoundError, match="--config.data.root"):
         layouts.image_folder_index(str(tmp_path / "missing"), str(tmp_path / "i2.txt"))

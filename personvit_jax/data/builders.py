@@ -19,17 +19,24 @@ file_name. Millions of images are written as parts of `part_size` images, each p
 config (`part-00003-of-00080`) built atomically: a killed build resumes at the first missing
 part, and `num_shards` processes can build disjoint parts at once (process i: parts i, i + n, ..).
 
+The built-in synthetic set (`synthetic`, personvit_jax/synthetic) is a Market-layout folder
+built like market1501, its cameras counted from its manifest; one TFDS config per generator
+argument set (data_dir/synthetic/<config>/1.0.0), named by personvit_jax.synthetic.build.
+
 Everything builds and reads without TensorFlow (images are given and read back as bytes).
 Builds go to a temporary folder inside data_dir that is renamed into place at the end, so a
-failed build leaves nothing behind.
+failed build leaves nothing behind (`build_atomically`, which the synthetic generator's folders
+use too).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -263,6 +270,32 @@ class ReidFolder(ReIDBuilder):
         return layouts.load_custom_layout(root, self._csv_path)
 
 
+class Synthetic(Market1501):
+    """The built-in synthetic person set: a Market-1501-layout folder written by
+    personvit_jax.synthetic, with its generator arguments in manifest.json (kept in the build's
+    metadata as `synthetic`: the build's identity). One config per argument set."""
+
+    name = "synthetic"
+    MANIFEST = "manifest.json"  # synthetic.write.MANIFEST (that package imports this module)
+    FOLDER, EXPECTED = "", (*layouts.MARKET_SUBDIRS.values(), MANIFEST)
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Generated, not downloaded: data.name=synthetic generates and builds it on first use "
+        "(personvit_jax.synthetic.build), or `python -m personvit_jax.synthetic --out=DIR` "
+        "writes the folder.")
+
+    def parse(self, root):
+        path = os.path.join(root, self.MANIFEST)
+        try:
+            with open(path, encoding="utf-8") as f:
+                manifest = json.load(f)
+            num_cameras = int(manifest["args"]["num_cameras"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a manifest of the synthetic generator (expected JSON "
+                             f"with args.num_cameras): {e}") from e
+        self.info.metadata["synthetic"] = manifest
+        return layouts.load_market_layout(root, num_cameras, relabel=False)
+
+
 LABELLED_BUILDERS = {b.name: b for b in (Market1501, Dukemtmc, OccludedDuke, Msmt17, Msmt17V2,
                                          ReidFolder)}
 
@@ -311,35 +344,90 @@ class UnlabeledFolder(_Builder):
 _PART_RE = re.compile(r"^part-(\d{5})-of-(\d{5})$")
 
 
+def _named_config(name: str) -> tfds.core.BuilderConfig:
+    return tfds.core.BuilderConfig(name=name, version=VERSION)
+
+
 def _part_config(i: int, n: int) -> tfds.core.BuilderConfig:
-    return tfds.core.BuilderConfig(name=f"part-{i:05d}-of-{n:05d}", version=VERSION)
+    return _named_config(f"part-{i:05d}-of-{n:05d}")
 
 
 # ---------------------------------------------------------------------------------------------
 # Building (atomic)
 # ---------------------------------------------------------------------------------------------
 
+_STAGING_PREFIX = ".prepare-"
+_STAGING_OWNER = "owner.json"  # in every staging folder: {"pid", "host"} of the process using it
 
-def _build_atomically(make_builder: Callable[[str], tfds.core.DatasetBuilder], data_dir: str,
-                      final_rel: str, manual_dir: Optional[str], overwrite: bool) -> None:
-    """Builds into a temporary folder inside `data_dir` and renames the finished version folder
-    to data_dir/final_rel; on any error the temporary folder is removed and nothing else moved."""
-    final = os.path.join(data_dir, final_rel)
+
+def build_atomically(final: str, write: Callable[[str], str], *,
+                     staging_parent: Optional[str] = None, overwrite: bool = False) -> None:
+    """Makes the folder `final` appear complete, or not at all.
+
+    `write(staging)` builds inside the fresh folder `staging` (`.prepare-XXXXXXXX` in
+    `staging_parent`, default final's parent: one file system, so the last step is a rename)
+    and returns the path of its finished result there; that is renamed to `final`, and staging
+    is removed whatever happens. An existing `final` is replaced only with `overwrite`; one
+    that appears meanwhile (another process finished first) is left alone: FileExistsError.
+    Staging folders left by processes of this host that died (killed, preempted) go first.
+    """
     if os.path.exists(final) and not overwrite:
-        raise FileExistsError(f"{final} already exists; pass --overwrite to rebuild it")
-    os.makedirs(data_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".prepare-", dir=data_dir)
+        raise FileExistsError(f"{final} already exists; not replacing it (prepare: pass "
+                              "--overwrite to rebuild it)")
+    parent = staging_parent or os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    _remove_dead_staging(parent)
+    staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=parent)
     try:
+        with open(os.path.join(staging, _STAGING_OWNER), "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+        result = write(staging)
+        os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)
+        if overwrite and os.path.exists(final):  # move the old build out of the way first
+            os.replace(final, os.path.join(staging, "replaced"))
+        try:
+            os.replace(result, final)  # a folder never replaces a non-empty one
+        except OSError as e:
+            if os.path.exists(final):
+                raise FileExistsError(f"{final} appeared while this build ran (another process "
+                                      "built it first); left as it is") from e
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_dead_staging(parent: str) -> None:
+    """Removes the staging folders in `parent` whose owner, a process on this host, is gone.
+    Those of live processes, of other hosts and without a readable owner file are kept."""
+    for entry in sorted(os.listdir(parent)):
+        path = os.path.join(parent, entry)
+        if not entry.startswith(_STAGING_PREFIX):
+            continue
+        try:
+            with open(os.path.join(path, _STAGING_OWNER), encoding="utf-8") as f:
+                owner = json.load(f)
+            if owner["host"] != socket.gethostname():
+                continue
+            os.kill(int(owner["pid"]), 0)  # raises if there is no such process
+        except ProcessLookupError:
+            logging.info("removing %s: left by process %s, which died", path, owner["pid"])
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # alive (or not ours to signal), or no owner file yet
+
+
+def _build_tfds(make_builder: Callable[[str], tfds.core.DatasetBuilder], data_dir: str,
+                final_rel: str, manual_dir: Optional[str], overwrite: bool) -> None:
+    """`make_builder(staging)`'s build, renamed to data_dir/final_rel (staging in data_dir)."""
+    def write(staging: str) -> str:
         builder = make_builder(staging)
         builder.download_and_prepare(
             download_dir=os.path.join(staging, "downloads"),
             download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        if os.path.exists(final):  # overwrite: move the old build out of the way first
-            os.replace(final, os.path.join(staging, "replaced"))
-        os.replace(os.fspath(builder.data_dir), final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return os.fspath(builder.data_dir)
+
+    build_atomically(os.path.join(data_dir, final_rel), write, staging_parent=data_dir,
+                     overwrite=overwrite)
 
 
 def build_labelled(name: str, source: str, data_dir: str, *, skip_corrupt: bool = False,
@@ -352,11 +440,21 @@ def build_labelled(name: str, source: str, data_dir: str, *, skip_corrupt: bool 
     if csv_path and name != ReidFolder.name:
         raise ValueError(f"--csv is only for --dataset={ReidFolder.name}, not {name}")
     cls = LABELLED_BUILDERS[name]
-    _build_atomically(
+    _build_tfds(
         lambda d: cls(data_dir=d, file_format="array_record", skip_corrupt=skip_corrupt,
                       csv_path=csv_path),
         data_dir, os.path.join(name, VERSION), source, overwrite)
     return dict(tfds.builder(name, data_dir=data_dir).info.metadata)
+
+
+def build_synthetic(source: str, data_dir: str, config: str) -> dict:
+    """Builds the generated synthetic folder `source` as config `config` of `synthetic` into
+    data_dir/synthetic/<config>/VERSION (never over an existing build); returns its metadata
+    (per-split stats, has_camera_ids, source, the folder's manifest as `synthetic`)."""
+    cfg = _named_config(config)
+    _build_tfds(lambda d: Synthetic(config=cfg, data_dir=d, file_format="array_record"),
+                data_dir, os.path.join(Synthetic.name, config, VERSION), source, False)
+    return dict(tfds.builder(Synthetic.name, data_dir=data_dir, config=cfg).info.metadata)
 
 
 def build_unlabeled(source: str, data_dir: str, *, part_size: int = 50_000, shard_index: int = 0,
@@ -386,7 +484,7 @@ def build_unlabeled(source: str, data_dir: str, *, part_size: int = 50_000, shar
             continue  # resume: this part is complete
         log(f"part {i + 1}/{n}: images {i * part_size}..{min(len(files), (i + 1) * part_size) - 1}")
         chunk = files[i * part_size:(i + 1) * part_size]
-        _build_atomically(
+        _build_tfds(
             lambda d, cfg=cfg, chunk=chunk: UnlabeledFolder(
                 config=cfg, data_dir=d, file_format="array_record", files=chunk, root=root,
                 skip_corrupt=skip_corrupt),
@@ -413,6 +511,15 @@ def _existing_parts(data_dir: str) -> set[tuple[int, int]]:
 # ---------------------------------------------------------------------------------------------
 # Reading (tfds.data_source -> layouts.Split)
 # ---------------------------------------------------------------------------------------------
+
+
+def built_metadata(name: str, data_dir: str, config: Optional[str] = None) -> Optional[dict]:
+    """The metadata of the complete build of `name` (its `config`) under data_dir, else None."""
+    rel = os.path.join(name, *([config] if config else []), VERSION)
+    if not os.path.isfile(os.path.join(data_dir, rel, "dataset_info.json")):
+        return None
+    kwargs = {"config": _named_config(config)} if config else {}
+    return dict(tfds.builder(name, data_dir=data_dir, **kwargs).info.metadata)
 
 
 def _prepare_hint(name: str, data_dir: str) -> str:
@@ -444,17 +551,21 @@ def _labels(source, chunk: int = 1024) -> tuple[list[str], np.ndarray, np.ndarra
     return names, np.asarray(pids, np.int32), np.asarray(camids, np.int32)
 
 
-def load_record_splits(name: str, data_dir: str) -> dict[str, layouts.Split]:
+def load_record_splits(name: str, data_dir: str, config: Optional[str] = None
+                       ) -> dict[str, layouts.Split]:
     """{'train', 'query', 'gallery'} of a built labelled dataset (train pids relabelled 0..C-1;
-    a `test` split serves as query and gallery). Images are read from the records on demand."""
-    if name not in LABELLED_BUILDERS:
+    a `test` split serves as query and gallery), `config` naming one of its builds (the
+    synthetic set's). Images are read from the records on demand."""
+    if name not in LABELLED_BUILDERS and name != Synthetic.name:
         raise ValueError(f"config.data.name={name!r}: expected one of "
-                         f"{sorted(LABELLED_BUILDERS) + ['synthetic']}")
-    if not os.path.isfile(os.path.join(data_dir, name, VERSION, "dataset_info.json")):
+                         f"{sorted(LABELLED_BUILDERS) + [Synthetic.name]}")
+    metadata = built_metadata(name, data_dir, config)
+    if metadata is None:
         raise FileNotFoundError(_prepare_hint(name, data_dir))
-    has_cams = bool(tfds.builder(name, data_dir=data_dir).info.metadata["has_camera_ids"])
+    has_cams = bool(metadata["has_camera_ids"])
+    kwargs = {"config": _named_config(config)} if config else {}
     splits = {}
-    for split_name, source in _data_source(name, data_dir).items():
+    for split_name, source in _data_source(name, data_dir, builder_kwargs=kwargs).items():
         names, pids, camids = _labels(source)
         if split_name == "train":
             pids = layouts.relabel_pids(pids)

@@ -1,7 +1,7 @@
 """Dataset folder layouts -> in-memory splits of (image, pid, camid, name) records.
 
-The single source of truth for file-name and list-file parsing: the raw-folder reader (synthetic
-set) and the TFDS builders (data/builders.py, every real dataset) both call these parsers.
+The single source of truth for file-name and list-file parsing: the TFDS builders
+(data/builders.py: every dataset, the generated synthetic set included) call these parsers.
 
 Market-1501 layout (also DukeMTMC-reID, Occluded-Duke and the built-in synthetic set):
   <root>/bounding_box_train/  train images
@@ -41,6 +41,7 @@ DATASETS = {
     "occluded_duke": ("Occluded_Duke", "market", 8),
     "msmt17": ("MSMT17_V1", "msmt17", 15),
     "msmt17_v2": ("MSMT17_V2", "msmt17_v2", 15),
+    # generated folders (personvit_jax/synthetic/build.py); 6 = the generator's default cameras
     "synthetic": ("synthetic_market1501", "market", 6),
 }
 
@@ -350,25 +351,6 @@ def dataset_root(name: str, data_dir: str) -> str:
     if name not in DATASETS:
         raise ValueError(f"config.data.name={name!r}: expected one of {sorted(DATASETS)}")
     return os.path.join(data_dir, DATASETS[name][0])
-
-
-def load_folder_splits(name: str, data_dir: str, synthetic_kwargs: Optional[dict] = None
-                       ) -> dict[str, Split]:
-    """{'train', 'query', 'gallery'} splits of dataset `name` read from its raw folder under
-    `data_dir` (train pids relabelled). Runs use this for the synthetic set only; real datasets
-    are read from their TFDS build (`pipeline.load_splits`).
-
-    The synthetic set is generated there first if absent (deterministic, atomic), with
-    `synthetic_kwargs` as generator arguments; other datasets ignore them.
-    """
-    root = dataset_root(name, data_dir)
-    _, layout, num_cameras = DATASETS[name]
-    if name == "synthetic":
-        from personvit_jax.data.synthetic import generate_synthetic_market
-        generate_synthetic_market(root, **(synthetic_kwargs or {}))
-    if layout in MSMT17_IMAGE_DIRS:
-        return load_msmt17_layout(root, layout)
-    return load_market_layout(root, num_cameras)
 
 
 def num_cameras(name: str) -> int:

@@ -6,11 +6,12 @@ drawn by `PKSampler` from (seed, s) alone; each process loads only its contiguou
 the global batch). So batches do not depend on the number of processes or workers, and the
 Grain iterator state (saved with every checkpoint) is just a position: resume is exact.
 
-Data sources (`load_splits`, `unlabeled_images`): the synthetic set is read from its raw folder;
-every real dataset from its TFDS build under `data_dir` (`tfds.data_source`, see
-data/builders.py). Either way a `layouts.Split` gives pids, camera ids and `image(i)`, so the
-loaders below do not care where the bytes come from; each process reads only the records of its
-own slice of every global batch.
+Data sources (`load_splits`, `unlabeled_images`): every dataset, the built-in synthetic one
+included, is read from its TFDS build under `data_dir` (`tfds.data_source`, see
+data/builders.py); the synthetic set is generated and built there on first use
+(personvit_jax/synthetic/build.py). A `layouts.Split` gives pids, camera ids and `image(i)`, so
+the loaders below do not care where the bytes come from; each process reads only the records of
+its own slice of every global batch.
 """
 
 from __future__ import annotations
@@ -27,14 +28,18 @@ from personvit_jax.data.masking import image_mask
 
 def load_splits(name: str, data_dir: str, synthetic_kwargs: Optional[dict] = None
                 ) -> dict[str, Split]:
-    """{'train', 'query', 'gallery'} of dataset `name` (config.data.name) under `data_dir`
-    (config.data.data_dir). 'synthetic': the raw folder, generated there on first use with
-    `synthetic_kwargs`; any other name: its TFDS build written there by data.prepare."""
-    if name == "synthetic":
-        return layouts.load_folder_splits(name, data_dir, synthetic_kwargs)
+    """{'train', 'query', 'gallery'} of dataset `name` (config.data.name), read from its TFDS
+    build under `data_dir` (config.data.data_dir): the one data.prepare wrote there, or for
+    'synthetic' the build of the set of `synthetic_kwargs` (config.data.synthetic), generated
+    and built there on first use."""
     from personvit_jax.data import builders  # TFDS: only imported when a build is read
 
-    return builders.load_record_splits(name, data_dir)
+    config = None
+    if name == "synthetic":
+        from personvit_jax.synthetic import build
+
+        config = build.prepare(data_dir, synthetic_kwargs)
+    return builders.load_record_splits(name, data_dir, config)
 
 
 def num_cameras(name: str, splits: dict[str, Split], sie: bool) -> int:
@@ -229,3 +234,38 @@ def pretrain_iterator(images: Union[Split, Sequence[str]], data_cfg, mask_cfg, m
     loader = PretrainBatchLoader(images, data_cfg, mask_cfg, mask_grid, batch_size, seed, local)
     ds = grain.MapDataset.range(num_steps).map(loader)
     return _iter(ds, data_cfg.num_workers, data_cfg.prefetch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Label-efficiency experiments: a seeded fraction of the train identities.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Rows:
+    """Rows `index` of a random-access source (e.g. a TFDS data source), itself random-access."""
+
+    def __init__(self, source, index: np.ndarray):
+        self.source, self.index = source, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        return self.source[int(self.index[i])]
+
+
+def subset_identities(split: Split, fraction: float, seed: int) -> Split:
+    """The images of round(fraction x identities) identities of `split`, drawn from `seed`,
+    their pids relabelled 0..C'-1 (a train split with fewer labels; 1.0 = `split` itself)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"config.data.train_id_fraction={fraction}: expected a value in (0, 1]")
+    if fraction == 1.0:
+        return split
+    ids = np.unique(split.pids)
+    keep_n = max(2, int(round(fraction * len(ids))))  # the triplet needs two identities
+    kept = np.sort(np.random.default_rng([seed, 7]).choice(ids, keep_n, replace=False))
+    index = np.flatnonzero(np.isin(split.pids, kept))
+    return Split(split.name, [split.paths[i] for i in index],
+                 layouts.relabel_pids(split.pids[index]), split.camids[index],
+                 records=None if split.records is None else _Rows(split.records, index),
+                 has_camera_ids=split.has_camera_ids)

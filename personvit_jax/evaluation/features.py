@@ -57,9 +57,11 @@ def progress_printer(label: str, stream=None) -> Callable[[int, int], None]:
 
 
 def effective_rank(features_nd: np.ndarray) -> float:
-    """exp(entropy of the normalised singular values) of a feature matrix [N, D] (Roy &
-    Vetterli 2007; RankMe): about D for features that use every direction, 1 for features
-    collapsed onto one."""
-    s = np.linalg.svd(np.asarray(features_nd, np.float64), compute_uv=False)
+    """exp(entropy of the normalised singular values) of a feature matrix [N, D] after removing
+    its mean (Roy & Vetterli 2007; RankMe without the shared direction, which retrieval
+    ignores): about D for features that spread over every direction, 1 for features that vary
+    along one only (dimensional collapse)."""
+    x = np.asarray(features_nd, np.float64)
+    s = np.linalg.svd(x - x.mean(0), compute_uv=False)
     p = s / max(s.sum(), 1e-30) + 1e-12
     return float(np.exp(-np.sum(p * np.log(p))))

@@ -37,7 +37,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ------------------------------------------------------------------ data
     splits = pipeline.load_splits(config.data.name, config.data.data_dir,
                                   config.data.synthetic.to_dict())
-    train_split = splits["train"]
+    # Label-efficiency runs train on a seeded fraction of the identities (1.0 = all).
+    train_split = pipeline.subset_identities(splits["train"], config.data.train_id_fraction,
+                                             config.data.subset_seed)
     num_classes = train_split.num_ids
     validation.check_finetune_data(config, num_classes)
     batch_size = config.data.num_ids_per_batch * config.data.num_instances
@@ -61,8 +63,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ------------------------------------------------------------------ model & optimizer
     num_cams = pipeline.num_cameras(config.data.name, splits, config.model.sie)
     model = reid_model_from_config(config, num_classes, num_cams)
-    tx, lr_schedule = optim.make_finetune_optimizer(config.optim, steps_per_epoch)
     h, w = config.data.image_size
+    lr_scales = None
+    if config.optim.layer_decay != 1.0:
+        abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                     jnp.zeros((1, h, w, 3)),
+                                                     jnp.zeros((1,), jnp.int32)))["params"]
+        lr_scales = optim.layer_decay_scales(abstract, model.backbone.depth,
+                                             config.optim.layer_decay)
+    tx, lr_schedule = optim.make_finetune_optimizer(config.optim, steps_per_epoch, lr_scales)
     use_cams = config.model.sie
 
     # ------------------------------------------------------------------ train state & shardings

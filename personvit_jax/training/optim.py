@@ -61,9 +61,26 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim > 1 and not is_bias(p), params)
 
 
-def make_finetune_optimizer(optim_cfg, steps_per_epoch: int
+def layer_decay_scales(params, depth: int, decay: float):
+    """Layer-wise LR decay (BEiT / iBOT fine-tuning): a tree of LR factors decay ** (depth + 1 -
+    layer), layer 0 = the embeddings (patch_embed, cls_token, pos_embed, mask / SIE tokens),
+    layer i + 1 = backbone block i, layer depth + 1 = everything after the blocks (final norm,
+    BNNeck, JPM). `params`: {'backbone': ..., 'neck': ...} (may be abstract)."""
+    def layer(path) -> int:
+        keys = [getattr(p, "key", "") for p in path]
+        if not keys or keys[0] != "backbone" or len(keys) < 2:
+            return depth + 1
+        if keys[1].startswith("blocks_"):
+            return int(keys[1].split("_")[1]) + 1
+        return depth + 1 if keys[1] == "norm" else 0
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: float(decay ** (depth + 1 - layer(path))), params)
+
+
+def make_finetune_optimizer(optim_cfg, steps_per_epoch: int, lr_scales=None
                             ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The fine-tune optimizer; biases learn at `bias_lr_factor` x the LR.
+    """The fine-tune optimizer; biases learn at `bias_lr_factor` x the LR, and each parameter at
+    `lr_scales` x the LR when given (a tree of floats, e.g. `layer_decay_scales`).
 
     sgd   (PersonViT): as torch.optim.SGD, coupled L2 weight decay added to the gradient before
           momentum (biases: `weight_decay_bias`).
@@ -83,9 +100,12 @@ def make_finetune_optimizer(optim_cfg, steps_per_epoch: int
                                 optax.add_decayed_weights(o.weight_decay, decay_mask))
     else:
         raise ValueError(f"config.optim.name={o.name!r}: expected 'sgd' or 'adamw'")
-    tx = optax.chain(direction, optax.scale_by_learning_rate(schedule),
-                     optax.masked(optax.scale(o.bias_lr_factor), bias_mask))
-    return tx, schedule
+    parts = [direction, optax.scale_by_learning_rate(schedule),
+             optax.masked(optax.scale(o.bias_lr_factor), bias_mask)]
+    if lr_scales is not None:
+        parts.append(optax.stateless(
+            lambda updates, params=None: jax.tree.map(lambda u, f: u * f, updates, lr_scales)))
+    return optax.chain(*parts), schedule
 
 
 def add_scheduled_weight_decay(schedule: optax.Schedule, mask) -> optax.GradientTransformation:
