@@ -21,8 +21,8 @@ from typing import Callable, Optional, Sequence
 
 from absl import flags
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-CONFIGS_DIR = os.path.join(os.path.dirname(PACKAGE_DIR), "configs")
+from personvit_jax.config_args import CONFIGS_DIR, PACKAGE_DIR
+
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                IsADirectoryError, PermissionError, KeyError)
 EXIT_USER_ERROR = 2

@@ -6,7 +6,20 @@ from __future__ import annotations
 import importlib.util
 import os
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def configs_dir() -> str:
+    """Where the configs/*.py files are: the copy an installed package ships
+    (personvit_jax/configs/, mapped from the top-level configs/ by pyproject.toml's
+    package-dir), else the checkout's top-level configs/ (a source tree or `pip install -e`)."""
+    installed = os.path.join(PACKAGE_DIR, "configs")
+    if os.path.isfile(os.path.join(installed, "finetune.py")):
+        return installed
+    return os.path.join(os.path.dirname(PACKAGE_DIR), "configs")
+
+
+CONFIGS_DIR = configs_dir()
 
 
 def config_path(name: str) -> str:

@@ -99,5 +99,12 @@ def _unknown_override(argv: list[str]):
     return check_override_keys(load_config_spec(spec), argv)
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """`personvit-train` (pyproject.toml's console script) and `python -m personvit_jax.main`.
+    The tools need no such wrapper: their `main()` returns the exit status, which the console
+    script passes to sys.exit."""
     app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    console()
