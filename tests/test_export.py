@@ -209,7 +209,8 @@ def test_onnx_refusals(tmp_path, capsys, monkeypatch):
     for bad, says in (("--input_layout=nhwc", "flag --input_layout=nhwc: value should be one of"),
                       ("--input_std=0.2,0.2", "--input_mean=[0.4, 0.5, 0.6] --input_std=[0.2, "
                        "0.2]: expected 3 values each"),
-                      ("--input_mean=0.5,x", "--input_mean='0.5,x': expected comma-separated")):
+                      ("--input_mean=0.5,x", "--input_mean='0.5,x': expected comma-separated"),
+                      ("--opset=17", "flag --opset=17: 17 is not integer >= 20")):
         argv_bad = argv + ["--overwrite", "--input_layout=float32_nchw", bad]
         assert export.main(argv_bad) == 2
         err = capsys.readouterr().err

@@ -56,6 +56,7 @@ DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 FORMATS = ("jax", "onnx")
 INPUT_LAYOUTS = ("uint8_nhwc", "float32_nchw")
 ONNX_OPSET = 23  # jax2onnx's default; ONNX Runtime >= 1.24 runs it
+MIN_ONNX_OPSET = 20  # the first with a Gelu op, which jax2onnx emits for jax.nn.gelu
 ONNX_TOLERANCE = 1e-4  # max abs difference of L2-normalised features, ONNX Runtime vs JAX
 BATCH = "batch"  # name of the symbolic batch dimension in the ONNX graph
 
@@ -297,7 +298,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                       "after the BNNeck (default: the config's)", flag_values=fv)
     flags.DEFINE_list("platforms", list(DEFAULT_PLATFORMS), "--format=jax: platforms to lower "
                       "for (cpu, cuda, rocm, tpu)", flag_values=fv)
-    flags.DEFINE_integer("opset", ONNX_OPSET, "--format=onnx: ONNX opset", flag_values=fv)
+    flags.DEFINE_integer("opset", ONNX_OPSET, "--format=onnx: ONNX opset (>= 20: jax2onnx "
+                         "writes GELU as opset 20's Gelu op)", lower_bound=MIN_ONNX_OPSET,
+                         flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "replace an existing --output", flag_values=fv)
     flags.mark_flags_as_required(["checkpoint", "output"], flag_values=fv)
 
