@@ -47,9 +47,9 @@ from personvit_jax.tools import convert  # noqa: E402
 IMAGE_HW, PATCH, NUM_CLASSES = (256, 128), 16, 751
 
 
-def torch_model(name: str, seed: int) -> torch.nn.Module:
+def torch_model(name: str, seed: int, image_hw=IMAGE_HW) -> torch.nn.Module:
     size = VIT_SIZES[name]
-    base = ref.VisionTransformer(grid=(IMAGE_HW[0] // PATCH, IMAGE_HW[1] // PATCH),
+    base = ref.VisionTransformer(grid=(image_hw[0] // PATCH, image_hw[1] // PATCH),
                                  width=size["width"], depth=size["depth"],
                                  heads=size["num_heads"], patch=PATCH, stride=PATCH,
                                  fc_classes=NUM_CLASSES)

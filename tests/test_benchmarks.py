@@ -55,3 +55,14 @@ def test_block_parts_bench_tiny():
     assert [r["part"] for r in rows][:3] == ["block fwd+bwd", "mlp fwd+bwd",
                                              "attention core fwd+bwd"]
     assert len(rows) == 7 and all(r["ms"] > 0 and r["gflop"] > 0 for r in rows)
+
+
+def test_extract_speed_bench_tiny():
+    pytest.importorskip("onnxruntime", reason="the ONNX backends need requirements-onnx.txt")
+    rows = _run("extract_speed.py", "--model=vit_tiny", "--image_size=64,32", "--batches=1",
+                "--runs=1", "--images_per_sample=1")
+    backends = ["jax", "jax_export", "onnx", "torch", "torch_onnx"]
+    have_torch = any(r["backend"] == "torch" for r in rows)
+    assert [r["backend"] for r in rows] == backends[:5 if have_torch else 3]
+    assert all(r["batch"] == 1 and r["img_per_s"] > 0 for r in rows)
+    assert all(r["max_abs_vs_jax"] < 1e-4 for r in rows)  # one function, five ways to run it
