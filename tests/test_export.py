@@ -223,6 +223,6 @@ def test_onnx_refusals(tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "jax2onnx", None)
     assert export.main(argv + ["--overwrite"]) == 2
-    assert "pip install 'personvit-jax[onnx]'" in capsys.readouterr().err
+    assert 'pip install ".[onnx]"' in capsys.readouterr().err
     assert out.read_bytes() == b"user file"
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]

@@ -27,8 +27,8 @@ CLS token, L2-normalised unless --nonormalize; `--flip` bakes in flip test-time 
   extractor = export.deserialize(open("extractor.jax", "rb").read())
   features = extractor.call(images_uint8)
 
---format=onnx (needs `pip install personvit-jax[onnx]`: jax2onnx, onnx, onnxruntime) writes a
-standard ONNX graph (inputs `images` [+ `camera_ids`], output `features`, batch dimension
+--format=onnx (needs `pip install ".[onnx]"` in the checkout: jax2onnx, onnx, onnxruntime)
+writes a standard ONNX graph (inputs `images` [+ `camera_ids`], output `features`, batch dimension
 `batch`; the settings above in its metadata_props). Before writing, the file is run in ONNX
 Runtime on random inputs at batch 1 and 3 and must give the JAX features to 1e-4 (max abs,
 L2-normalised), else nothing is written:
@@ -189,9 +189,8 @@ def _import_onnx_tools():
         import onnxruntime  # noqa: F401  (the check before writing)
     except ImportError as e:
         raise ValueError(f"--format=onnx needs jax2onnx, onnx and onnxruntime ({e}); install "
-                         "them with "
-                         "`pip install 'personvit-jax[onnx]'` (or -r requirements-onnx.txt)"
-                         ) from e
+                         "them with `pip install \".[onnx]\"` in the checkout (or -r "
+                         "requirements-onnx.txt)") from e
 
 
 def onnx_metadata(info: dict, checkpoint: str) -> dict[str, str]:
