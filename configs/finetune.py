@@ -14,7 +14,7 @@ then run with --config.data.data_dir=data (the default).
 `arg` is a comma-separated list: `dataset=NAME` (market1501, dukemtmc, occluded_duke, msmt17,
 msmt17_v2, reid_folder = your own prepared folder, synthetic), `model=NAME` (vit_tiny,
 vit_small, vit_base), and the flag `synthetic`, which selects the synthetic set and shrinks
-model, images and schedule to a few minutes on a 2-core CPU.
+model, images and schedule to a CPU-sized run (under an hour on 2 cores).
 Any field can be overridden on the command line, e.g. `--config.optim.base_lr=1e-3`.
 """
 
@@ -144,8 +144,8 @@ def get_config(arg=None):
 
     if args["synthetic"]:
         # CPU-sized: 128x64 inputs (the synthetic images' own size), a 6-block ViT-Tiny with a
-        # 8x4 patch grid, batch 8 x 4, ~9 minutes on 2 cores. Trained from scratch, so AdamW
-        # (the SGD recipe above is for fine-tuning a pretrained backbone and barely moves here).
+        # 8x4 patch grid, batch 8 x 4. Trained from scratch, so AdamW (the SGD recipe above is
+        # for fine-tuning a pretrained backbone and barely moves here).
         d.image_size = (128, 64)
         d.num_ids_per_batch = 8
         d.num_instances = 4

@@ -7,11 +7,17 @@ streams, resumes, and can be split over processes with --num_shards/--shard_inde
   python -m personvit_jax.main --config=configs/pretrain.py:model=vit_small --workdir=runs/pt_vits
 CPU-sized run on the built-in synthetic person set (its train images, labels unused):
   python -m personvit_jax.main --config=configs/pretrain.py:synthetic --workdir=runs/pt_synthetic
+CPU-sized run on a synthetic unlabeled pool (new people; a small LUPerson) plus those images
+(benchmarks/pretrain_payoff.py runs all of it and the label-efficiency fine-tunes):
+  python -m personvit_jax.synthetic --pool --out=data/synthetic_pool_folder --num_images=10000
+  python -m personvit_jax.data.prepare --dataset=unlabeled_folder \
+      --source=data/synthetic_pool_folder --data_dir=data/synthetic_pool
+  python -m personvit_jax.main --config=configs/pretrain.py:synthetic_pool --workdir=runs/pt_pool
 Then fine-tune from the TEACHER backbone:
   python -m personvit_jax.main --config=configs/finetune.py:synthetic --workdir=runs/ft \
       --config.init_from=runs/pt_synthetic
 
-`arg`: `model=` vit_tiny | vit_small | vit_base, and the flag `synthetic`.
+`arg`: `model=` vit_tiny | vit_small | vit_base, and the flags `synthetic`, `synthetic_pool`.
 """
 
 import ml_collections
@@ -20,7 +26,8 @@ from personvit_jax.config_args import add_training_bookkeeping, mesh_config, par
 
 
 def get_config(arg=None):
-    args = parse_config_arg(arg, {"model": "vit_small", "synthetic": False},
+    args = parse_config_arg(arg, {"model": "vit_small", "synthetic": False,
+                                  "synthetic_pool": False},
                             "configs/pretrain.py")
     c = ml_collections.ConfigDict()
     c.stage = "pretrain"  # selects personvit_jax.stages.pretrain.train
@@ -38,6 +45,10 @@ def get_config(arg=None):
     d.synthetic = ml_collections.ConfigDict({  # generator arguments (name=synthetic)
         "seed": 0, "num_train_ids": 450, "num_test_ids": 150, "images_per_id": (4, 8),
         "num_distractors": 300, "num_junk": 100})
+    # Also the train split of this labelled dataset (labels unused), read from
+    # `labelled_data_dir`: a pool plus the fine-tuning set's own images; '' = none
+    d.plus_labelled = ""
+    d.labelled_data_dir = "data"
     d.batch_size = 64  # global batch (images; each gives 2 global + num_local_crops views)
     d.global_size = (256, 128)  # global crop (height, width)
     d.global_scale = (0.4, 1.0)  # area fraction of a global crop
@@ -135,9 +146,8 @@ def get_config(arg=None):
     c.mesh = mesh_config()
     add_training_bookkeeping(c)
 
-    if args["synthetic"]:
-        # CPU-sized: the synthetic train images (labels unused) at 128x64 / 64x32 crops, a
-        # 6-block ViT-Tiny, a small head, 4 local crops; ~9 minutes on 2 cores.
+    if args["synthetic"] or args["synthetic_pool"]:
+        # CPU-sized: 128x64 / 64x32 crops, the fine-tune config's 6-block ViT-Tiny, 4 local crops
         d.name = "synthetic"
         d.batch_size = 32
         d.global_size = (128, 64)
@@ -146,35 +156,34 @@ def get_config(arg=None):
         m.name = "vit_tiny"
         m.depth = 6
         m.pos_grid = (8, 4)
-        # Short CPU schedules sit on DINO's uniform plateau (CLS loss = ln K) with 1024
-        # prototypes and a teacher warming to 0.07; fewer prototypes and a teacher kept at 0.04
-        # leave it sooner (measured: monitor mAP 0.015 vs 0.011 after 8 epochs).
+        # A short schedule sits on DINO's uniform plateau with many prototypes and a warming
+        # teacher: fewer prototypes, a teacher kept at 0.04 (docs/results.md)
         h.out_dim = h.patch_out_dim = 256
         h.hidden_dim = 512
         h.norm_last_layer = False
         l.teacher_temp = l.teacher_patch_temp = 0.04
         l.warmup_teacher_temp = l.warmup_teacher_patch_temp = 0.04
-        # Identity on the synthetic set is mostly garment colour: hue/saturation jitter,
-        # grayscale and solarisation teach invariance to exactly that. Keeping only brightness
-        # and contrast jitter doubled the mAP of fine-tuning from the teacher (0.202 -> 0.405,
-        # same 30-epoch fine-tune). On real person crops keep DINO's colour ops (defaults above).
+        # Identity on the synthetic set is mostly garment colour: no hue / saturation jitter,
+        # grayscale or solarisation (real crops: keep DINO's colour ops above)
         d.color_jitter.saturation = d.color_jitter.hue = 0.0
         d.grayscale_prob = d.solarize_prob = 0.0
-        # Its cameras also differ in white balance (per-channel gains, synthetic.camera_style):
-        # random gains teach invariance to such a cast and keep the colours' relations. Measured
-        # (monitor mAP, seeds 0 / 1): 0.0199 / 0.0185 with gains of std 0.16, 0.0140 / 0.0139
-        # without, 0.0088-0.0107 at random init (3 seeds); std 0.3: 0.0167.
+        # Its cameras differ in white balance: random per-channel gains teach invariance to that
         d.color_jitter.channel_gain = 0.16
         o.base_lr = 2e-3 * 256 / 32  # 2e-3 at batch 32
-        # A teacher averaging over ~100 steps instead of ~250 (0.996): in an 830-step run the
-        # slow teacher lags a third of training. Measured (same code, one run each): CLS loss
-        # 4.31 vs 4.50 at the end, monitor mAP 0.0143 vs 0.0117 (another 0.99 run on the
-        # previous model code: 0.0166; 1024 prototypes with this teacher: 0.014).
-        o.ema_momentum = 0.99
+        o.ema_momentum = 0.99  # a teacher averaging ~100 steps: 0.996 lags a short run
         o.epochs = 10
         o.warmup_epochs = 1
         l.warmup_teacher_temp_epochs = 3
         e.every_epochs = 5
         c.log_every_steps = 20
         c.checkpoint_every_steps = 100
+    if args["synthetic_pool"]:
+        # The pool build (commands above) plus the labelled synthetic train images; an epoch
+        # is ~4x the synthetic one, so fewer epochs and a monitor every epoch
+        d.name = "unlabeled_folder"
+        d.data_dir = "data/synthetic_pool"
+        d.plus_labelled = "synthetic"
+        o.epochs = 4
+        e.every_epochs = 1
+        c.checkpoint_every_steps = 200
     return c

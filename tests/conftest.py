@@ -1,8 +1,11 @@
 """Test setup: 8 fake CPU devices (set before JAX is imported), a tiny synthetic dataset, and
 a tiny fine-tune config (ViT depth 2, width 64, 64x32 inputs)."""
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import zipfile
 
 # PERSONVIT_TESTS_ON_DEVICE=1 (benchmarks/gpu/run.sh's smoke run) leaves JAX its default
@@ -11,6 +14,16 @@ if not os.environ.get("PERSONVIT_TESTS_ON_DEVICE"):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_force_host_platform_device_count=8").strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent XLA compilation cache for the session and the processes its tests start: the
+# tests compile the same tiny steps many times over (each stage run, resume, mesh and process
+# count), and compiling dominates their run time on CPU. A fresh folder per session, removed
+# at exit, so no test ever reads an executable compiled by another checkout.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="personvit_jax_xla_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Golden converter fixtures, written by tests/fixtures/make_weights_fixtures.py.

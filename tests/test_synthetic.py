@@ -450,13 +450,36 @@ def test_pool_builds_as_unlabeled_folder_and_pretraining_reads_it(pool, tmp_path
     data_dir = str(tmp_path / "data")
     summary = prepare("unlabeled_folder", pool, data_dir, part_size=16, out=lambda _: None)
     assert summary["complete"] and summary["images"] == 30 and summary["parts"] == 2
-    cfg = ml_collections.ConfigDict({"name": "unlabeled_folder", "data_dir": data_dir})
+    cfg = ml_collections.ConfigDict({"name": "unlabeled_folder", "data_dir": data_dir,
+                                     "plus_labelled": ""})
     images = pipeline.unlabeled_images(cfg, str(tmp_path / "index.txt"))
     names = _pool_names(pool)
     assert list(images.paths) == names  # manifest.json is not an image: left out
     with open(os.path.join(pool, names[7]), "rb") as f:
         assert images.records[7]["image"] == f.read()
     assert np.asarray(images.image(7)).shape == (128, 64, 3)
+
+
+def test_pool_plus_the_labelled_train_images(pool, tiny_data_dir, tiny_splits, tmp_path):
+    import ml_collections
+
+    data_dir = str(tmp_path / "data")
+    prepare("unlabeled_folder", pool, data_dir, part_size=16, out=lambda _: None)
+    cfg = ml_collections.ConfigDict({"name": "unlabeled_folder", "data_dir": data_dir,
+                                     "plus_labelled": "synthetic",
+                                     "labelled_data_dir": tiny_data_dir,
+                                     "synthetic": dict(TINY_SYNTHETIC)})
+    images = pipeline.unlabeled_images(cfg, str(tmp_path / "index.txt"))
+    train = tiny_splits["train"]
+    assert len(images) == 30 + len(train)
+    assert list(images.paths) == _pool_names(pool) + list(train.paths)
+    assert (images.pids == -1).all() and (images.camids == -1).all()  # labels unused
+    last = len(images) - 1
+    assert images.records[last]["image"] == train.records[len(train) - 1]["image"]
+    assert np.array_equal(np.asarray(images.image(last)), np.asarray(train.image(len(train) - 1)))
+    with pytest.raises(ValueError, match="config.data.plus_labelled: only TFDS builds"):
+        pipeline.concat_unlabeled([images, layouts.Split.from_paths("x", ["a.jpg"])],
+                                  "config.data.plus_labelled")
 
 
 def test_pool_cli(tmp_path, capsys):

@@ -59,14 +59,36 @@ def num_cameras(name: str, splits: dict[str, Split], sie: bool) -> int:
 def unlabeled_images(data_cfg, index_cache: str) -> Split:
     """Pretraining images (labels unused) selected by data_cfg.name: 'unlabeled_folder' = its TFDS
     build under data_cfg.data_dir; 'folder' = every image under data_cfg.root, read from the files
-    (listing cached in `index_cache`); a labelled dataset name = its train split."""
+    (listing cached in `index_cache`); a labelled dataset name = its train split. With
+    data_cfg.plus_labelled set, that labelled dataset's train split (under
+    data_cfg.labelled_data_dir) follows them (a pool plus the fine-tuning set's own images)."""
     if data_cfg.name == "unlabeled_folder":
         from personvit_jax.data import builders
 
-        return builders.load_unlabeled(data_cfg.data_dir)
-    if data_cfg.name == "folder":
-        return Split.from_paths("train", layouts.image_folder_index(data_cfg.root, index_cache))
-    return load_splits(data_cfg.name, data_cfg.data_dir, data_cfg.synthetic.to_dict())["train"]
+        images = builders.load_unlabeled(data_cfg.data_dir)
+    elif data_cfg.name == "folder":
+        images = Split.from_paths("train", layouts.image_folder_index(data_cfg.root, index_cache))
+    else:
+        images = load_splits(data_cfg.name, data_cfg.data_dir,
+                             data_cfg.synthetic.to_dict())["train"]
+    if not data_cfg.plus_labelled:
+        return images
+    extra = load_splits(data_cfg.plus_labelled, data_cfg.labelled_data_dir,
+                        data_cfg.synthetic.to_dict())["train"]
+    return concat_unlabeled([images, extra], "config.data.plus_labelled")
+
+
+def concat_unlabeled(splits: Sequence[Split], what: str) -> Split:
+    """Splits laid end to end as one unlabeled split (pids and cameras -1), read from their
+    records; every split must be a TFDS build (`what` names the setting in the error)."""
+    from personvit_jax.data import builders
+
+    if any(s.records is None for s in splits):
+        raise ValueError(f"{what}: only TFDS builds can be combined (data.name=folder reads "
+                         "files; build the folder with data.prepare --dataset=unlabeled_folder)")
+    records = builders.ConcatRecords([s.records for s in splits])
+    return Split("train", builders.RecordNames(records), np.full(len(records), -1, np.int32),
+                 np.full(len(records), -1, np.int32), records=records)
 
 
 class PKSampler:
