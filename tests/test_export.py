@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_finetune_config
+from conftest import fail_fsync, tiny_finetune_config
 from personvit_jax import inference
 from personvit_jax.models.reid import reid_model_from_config
 from personvit_jax.models.vit import vit_from_config
@@ -97,3 +97,15 @@ def test_export_refuses_overwrite_and_missing_config(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         checkpointing.resolve_checkpoint(str(tmp_path / "nowhere"))
+
+
+def test_export_disk_full_leaves_no_file(tmp_path, monkeypatch, capsys):
+    ckpt = tmp_path / "ckpt"
+    _write_tiny_checkpoint(ckpt, "backbone")
+    out = tmp_path / "extractor.jax"
+    fail_fsync(monkeypatch, ".extractor.jax.tmp-")
+    assert export.main([f"--checkpoint={ckpt}", f"--output={out}", "--platforms=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: could not write {out}: No space left on device")
+    assert err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no file, no temporary file
