@@ -7,8 +7,8 @@ Every tool defines its flags on its own `flags.FlagValues` (so tools can be impo
 
 An anticipated error is an exception of USER_ERRORS raised by this package's own code (a bad
 or unknown config value, a missing or malformed dataset, checkpoint or weight file, a refused
-output or workdir): it prints one line `error: <message>` and exits with status 2. Anything
-else (a bug, a library failure) keeps its traceback; so does everything with
+output or workdir, a workdir another run holds, a write that failed): it prints one line
+`error: <message>` and exits with status 2. Anything else (a bug, a library failure) keeps its traceback; so does everything with
 PERSONVIT_TRACEBACK=1 in the environment.
 """
 
@@ -22,9 +22,11 @@ from typing import Callable, Optional, Sequence
 from absl import flags
 
 from personvit_jax.config_args import CONFIGS_DIR, PACKAGE_DIR
+from personvit_jax.files import WriteError
+from personvit_jax.workdir import WorkdirInUseError
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-               IsADirectoryError, PermissionError, KeyError)
+               IsADirectoryError, PermissionError, KeyError, WriteError, WorkdirInUseError)
 EXIT_USER_ERROR = 2
 
 

@@ -15,6 +15,7 @@ import ml_collections
 
 from personvit_jax import files
 from personvit_jax.models.vit import vit_from_config
+from personvit_jax.training.checkpointing import resolve_checkpoint
 from personvit_jax.training.loop import NONFINITE_MODES
 
 # Fields whose change makes a workdir's checkpoints unusable (array shapes, number of classes).
@@ -56,15 +57,24 @@ def _check_range(cfg, key: str, lo: float, hi: float) -> None:
         _fail(key, v, f"expected a value in [{lo}, {hi}]")
 
 
+def _pair(cfg, key: str, what: str) -> tuple:
+    """The two numbers of a (height, width) / (min, max) field, or a ValueError naming it."""
+    v = _get(cfg, key)
+    if not isinstance(v, (tuple, list)) or len(v) != 2 or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        _fail(key, v, f"expected two numbers {what}")
+    return tuple(v)
+
+
 def _check_scale(cfg, key: str) -> None:
-    lo, hi = _get(cfg, key)
+    lo, hi = _pair(cfg, key, "(min, max)")
     if not 0 < lo <= hi <= 1:
         _fail(key, (lo, hi), "expected (min, max) with 0 < min <= max <= 1")
 
 
 def _check_patch_grid(cfg, size_key: str) -> None:
     """The patch embedding must tile the input: (side - patch) divisible by the stride."""
-    h, w = _get(cfg, size_key)
+    h, w = _pair(cfg, size_key, "(height, width)")
     p, s = cfg.model.patch_size, cfg.model.patch_stride
     for side in (h, w):
         if side < p or (side - p) % s:
@@ -81,6 +91,8 @@ def check_common(cfg) -> None:
     if cfg.model.patch_stride > cfg.model.patch_size or cfg.model.patch_stride < 1:
         _fail("model.patch_stride", cfg.model.patch_stride,
               f"expected 1 <= stride <= model.patch_size={cfg.model.patch_size}")
+    if cfg.get("init_from"):  # a wrong path fails before the data and the model are built
+        resolve_checkpoint(cfg.init_from)
     for key in ("optim.epochs", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         if _get(cfg, key) is not None and _get(cfg, key) < (0 if key == "optim.epochs" else 1):
             _fail(key, _get(cfg, key), "expected a positive integer")

@@ -70,6 +70,47 @@ def write_torch_zip(path, data_pkl: bytes, storages: dict | None = None, folder:
     return str(path)
 
 
+def open_file_name(fd: int) -> str:
+    """The base name of the file open at descriptor `fd` ('' when it has none)."""
+    try:
+        return os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return ""
+
+
+def fail_fsync(monkeypatch, name_prefix: str) -> None:
+    """os.fsync of a file whose name starts with `name_prefix` (e.g. '.eval_results.json.tmp-',
+    the temporary file files.atomic_write writes) reports the disk full, as a file system with
+    delayed allocation does; every other fsync works."""
+    import errno
+
+    fsync = os.fsync
+
+    def failing(fd):
+        if open_file_name(fd).startswith(name_prefix):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+
+
+def user_error_line(e: BaseException, *names) -> str:
+    """The one line `error: ...` the command lines print for `e` (exit status 2), which must be
+    a user error raised by the package and name each of `names` (asserted)."""
+    import io
+
+    from personvit_jax import cli
+
+    assert cli.is_user_error(e), f"not a user error of ours: {type(e).__name__}: {e}"
+    out = io.StringIO()
+    assert cli.report(e, out) == cli.EXIT_USER_ERROR
+    line = out.getvalue()
+    assert line.startswith("error: ") and line.count("\n") == 1, line
+    for name in names:
+        assert str(name) in line, line
+    return line
+
+
 def assert_trees(a, b, **tol):
     """Same structure; leaves equal bit for bit, or within assert_allclose's `tol`."""
     import jax

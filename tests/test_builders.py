@@ -302,3 +302,38 @@ def test_build_atomically_cleans_dead_staging_and_never_replaces_a_racing_build(
     assert os.listdir(final) == ["theirs"] and os.listdir(tmp_path / "out") == ["set"]
     with pytest.raises(FileExistsError, match="already exists; not replacing it"):
         builders.build_atomically(final, racing_write)
+
+
+def test_disk_full_during_a_build_keeps_nothing_and_the_rerun_builds(tmp_path, monkeypatch):
+    """The record writer fails half-way (disk full): no build and no staging folder is left;
+    a rerun builds cleanly; a failed rebuild (--overwrite) keeps the earlier build."""
+    import errno
+
+    from tensorflow_datasets.core import file_adapters
+
+    from personvit_jax import files
+
+    adapter = file_adapters.ArrayRecordFileAdapter
+    write_examples = adapter.write_examples.__func__
+
+    def full(cls, path, iterator):
+        write_examples(cls, path, list(iterator)[:1])  # a partial shard on disk
+        raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path))
+
+    root = fake_market(str(tmp_path / "m"))
+    data_dir = str(tmp_path / "data")
+    quiet = dict(out=lambda _: None)
+    with monkeypatch.context() as m:
+        m.setattr(adapter, "write_examples", classmethod(full))
+        with pytest.raises(files.WriteError, match=rf"could not write {data_dir}/market1501\S*: "
+                                                   "No space left on device .* nothing of this"):
+            prepare("market1501", root, data_dir, **quiet)
+    assert os.listdir(data_dir) == []
+    prepare("market1501", root, data_dir, **quiet)
+    before = pipeline.load_splits("market1501", data_dir)["train"].paths
+    with monkeypatch.context() as m:
+        m.setattr(adapter, "write_examples", classmethod(full))
+        with pytest.raises(files.WriteError):
+            prepare("market1501", root, data_dir, overwrite=True, **quiet)
+    assert sorted(os.listdir(data_dir)) == ["market1501"]
+    assert pipeline.load_splits("market1501", data_dir)["train"].paths == before

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import WEIGHT_FIXTURES, block_torch, write_torch_zip
+from conftest import WEIGHT_FIXTURES, block_torch, fail_fsync, write_torch_zip
 from personvit_jax import inference
 from personvit_jax.tools import convert as conv
 from personvit_jax.tools.weights_io import read_weights
@@ -215,3 +215,14 @@ def test_head_norm_learned_from_training_args_not_values(args, learned):
     # values that are not 1 say "learned" only when the args are silent
     cfg = conv.map_head(_head_sd(np.full((5, 1), 2.0, np.float32)), ("t",), {}, [], args)
     assert cfg["norm_last_layer"] == (not learned if args else False)
+
+
+def test_disk_full_leaves_no_output_folder(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    fail_fsync(monkeypatch, ".config.json.tmp-")
+    argv = [f"--input={REID_NPZ}", f"--output={out}", "--num_heads=2", "--image_size=64,32"]
+    assert conv.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: could not write {out}: No space left on device")
+    assert err.count("\n") == 1 and "nothing was left behind" in err
+    assert os.listdir(tmp_path) == []  # neither the output nor a temporary folder

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_finetune_config
+from conftest import fail_fsync, tiny_finetune_config
 from personvit_jax import inference
 from personvit_jax.models.reid import reid_model_from_config
 from personvit_jax.models.vit import vit_from_config
@@ -226,3 +226,15 @@ def test_onnx_refusals(tmp_path, capsys, monkeypatch):
     assert 'pip install ".[onnx]"' in capsys.readouterr().err
     assert out.read_bytes() == b"user file"
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+
+def test_export_disk_full_leaves_no_file(tmp_path, monkeypatch, capsys):
+    ckpt = tmp_path / "ckpt"
+    _write_tiny_checkpoint(ckpt, "backbone")
+    out = tmp_path / "extractor.jax"
+    fail_fsync(monkeypatch, ".extractor.jax.tmp-")
+    assert export.main([f"--checkpoint={ckpt}", f"--output={out}", "--platforms=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: could not write {out}: No space left on device")
+    assert err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no file, no temporary file

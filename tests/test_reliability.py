@@ -1,7 +1,10 @@
 """Reliability: random SIGKILLs + restarts are bit-exact (both stages), SIGTERM saves and exits 0,
-an unreadable newest checkpoint falls back to the previous one, non-finite steps stop or are
-skipped, and bad configs / workdirs / checkpoints fail before any work with precise errors."""
+a second run on a workdir in use is refused touching nothing, a failed checkpoint / metrics /
+results write stops with one line and the rerun is bit-exact, an unreadable newest checkpoint
+falls back to the previous one, non-finite steps stop or are skipped, and bad configs / workdirs
+/ checkpoints fail before any work with precise errors."""
 
+import errno
 import json
 import os
 import random
@@ -15,28 +18,40 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_SYNTHETIC, assert_trees, tiny_finetune_config, tiny_pretrain_config
-from personvit_jax import validation
+from conftest import (REPO, TINY_SYNTHETIC, assert_trees, fail_fsync, open_file_name,
+                      tiny_finetune_config, tiny_pretrain_config, user_error_line)
+from personvit_jax import files, validation, workdir
 from personvit_jax.stages import finetune, pretrain
 from personvit_jax.training import checkpointing, loop
 from personvit_jax.training.checkpointing import load_state_tree
+from personvit_jax.training.logging import read_metrics
 
 STAGES = {"finetune": (finetune, tiny_finetune_config), "pretrain": (pretrain, tiny_pretrain_config)}
 
-# A stage run in a child process, from the same tiny configs as the in-process runs.
+# A stage run in a child process, from the same tiny configs as the in-process runs; with
+# `park_after` it stops (sleeps) right after logging that step, holding the workdir.
 _CHILD = """
-import sys
+import sys, time
 sys.path.insert(0, {tests!r})
 import conftest
 from personvit_jax.stages import {stage}
+from personvit_jax.training import logging as metric_logging
+park_after = {park_after!r}
+if park_after is not None:
+    append = metric_logging.MetricLogger._append_row
+    def parked(self, line):
+        append(self, line)
+        if line.startswith('{{"step": {park_after}, "split": "train"'):
+            time.sleep(3600)
+    metric_logging.MetricLogger._append_row = parked
 cfg = conftest.tiny_{stage}_config({data!r}, **{over!r})
 {stage}.train(cfg, {workdir!r})
 """
 
 
-def _child(stage, data_dir, workdir, over):
-    code = _CHILD.format(tests=os.path.join(REPO, "tests"), stage=stage,
-                         data=data_dir, over=over, workdir=str(workdir))
+def _child(stage, data_dir, workdir, over, park_after=None):
+    code = _CHILD.format(tests=os.path.join(REPO, "tests"), stage=stage, data=data_dir,
+                         over=over, workdir=str(workdir), park_after=park_after)
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
@@ -52,13 +67,28 @@ def _wait_started(proc, workdir, timeout=300):
 
 
 # ---------------------------------------------------------------------------- fault injection
+RESUME_OVER = {"checkpoint_every_steps": 2, "log_every_steps": 1, "optim.epochs": 3}  # 9 steps
+
+
+@pytest.fixture(scope="module")
+def resume_reference(tiny_data_dir, tmp_path_factory):
+    """The final train state of an uninterrupted RESUME_OVER run, which every interrupted and
+    resumed run below must reproduce bit for bit."""
+    ref = tmp_path_factory.mktemp("reference")
+    finetune.train(tiny_finetune_config(tiny_data_dir, **RESUME_OVER), str(ref))
+    return load_state_tree(ref)
+
+
 @pytest.mark.parametrize("stage", ["finetune", "pretrain"])
-def test_random_kills_then_resume_is_bit_exact(stage, tiny_data_dir, tmp_path):
+def test_random_kills_then_resume_is_bit_exact(stage, tiny_data_dir, tmp_path, request):
     over = {"checkpoint_every_steps": 1, "log_every_steps": 1, "keep_checkpoints": 2,
             "optim.epochs": 3}
     module, make_config = STAGES[stage]
-    module.train(make_config(tiny_data_dir, **over), str(tmp_path / "ref"))
-    ref = load_state_tree(tmp_path / "ref")
+    if stage == "finetune":  # the same training as RESUME_OVER's (checkpoints change nothing)
+        ref = request.getfixturevalue("resume_reference")
+    else:
+        module.train(make_config(tiny_data_dir, **over), str(tmp_path / "ref"))
+        ref = load_state_tree(tmp_path / "ref")
 
     work = tmp_path / "killed"
     rng = random.Random(f"kills-{stage}")
@@ -96,6 +126,121 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(tiny_data_dir, tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert_trees(load_state_tree(tmp_path / "ref"), load_state_tree(work))
 
+
+# ---------------------------------------------------------------------------- one writer
+def _listing(folder) -> dict:
+    """{relative path: (size, mtime_ns)} of every file and folder below `folder`."""
+    out = {}
+    for root, dirs, names in os.walk(folder):
+        for n in dirs + names:
+            st = os.stat(os.path.join(root, n))
+            out[os.path.relpath(os.path.join(root, n), folder)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_second_run_is_refused_then_a_killed_run_resumes_exactly(tiny_data_dir, tmp_path,
+                                                                 resume_reference):
+    work = tmp_path / "w"
+    a = _child("finetune", tiny_data_dir, work, RESUME_OVER, park_after=7)
+    deadline = time.time() + 600  # a hang guard, not a timing condition
+    metrics = work / "metrics.jsonl"
+    while a.poll() is None and time.time() < deadline and not (
+            metrics.exists() and '"step": 7,' in metrics.read_text()):
+        time.sleep(0.05)
+    assert a.poll() is None, a.stderr.read()[-3000:]
+    a.send_signal(signal.SIGSTOP)  # frozen, so that nothing but B could change the workdir
+    while not _stopped(a.pid):
+        time.sleep(0.01)
+    before = _listing(work)
+    assert "checkpoints/4" in before
+    b = subprocess.run([sys.executable, "-m", "personvit_jax.main",
+                        "--config=configs/finetune.py:synthetic", f"--workdir={work}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert b.returncode == 2, b.stderr[-3000:]
+    assert "Traceback" not in b.stderr
+    last = b.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: workdir {work} is in use by another run (host ")
+    assert f"pid {a.pid}, started " in last and "command: " in last and "-c" in last
+    assert _listing(work) == before  # B touched nothing
+
+    a.send_signal(signal.SIGKILL)  # no clean-up at all: the kernel drops the lock
+    a.wait()
+    finetune.train(tiny_finetune_config(tiny_data_dir, **RESUME_OVER), str(work))  # run C
+    assert_trees(resume_reference, load_state_tree(work))
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    with workdir.locked(str(tmp_path / "w")) as held:
+        with pytest.raises(workdir.WorkdirInUseError, match=rf"pid {os.getpid()}, started"):
+            workdir.acquire(held)
+    workdir.release(workdir.acquire(held))  # free again once the block ends
+
+
+# ---------------------------------------------------------------------------- failed writes
+def _fail_checkpoint_4(monkeypatch):
+    """The step-4 checkpoint's data-iterator item fails to write: disk full."""
+    import grain._src.python.checkpoint.handler as grain_handler
+
+    save = grain_handler.CheckpointHandler.save
+
+    def full(self, directory, *args, **kw):
+        if "/4.orbax-checkpoint-tmp" in str(directory):
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+        return save(self, directory, *args, **kw)
+
+    monkeypatch.setattr(grain_handler.CheckpointHandler, "save", full)
+
+
+def _fail_metrics_row_7(monkeypatch):
+    """Appending step 7's train row to metrics.jsonl fails: I/O error, half of it written."""
+    write = os.write
+
+    def failing(fd, data):
+        if open_file_name(fd) == "metrics.jsonl" and data.startswith(b'{"step": 7, "split"'):
+            write(fd, data[: len(data) // 2])
+            raise OSError(errno.EIO, "Input/output error")
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", failing)
+
+
+def _fail_results(monkeypatch):
+    """eval_results.json is written but its fsync reports the disk full."""
+    fail_fsync(monkeypatch, ".eval_results.json.tmp-")
+
+
+def test_failed_writes_stop_in_one_line_and_the_reruns_are_exact(
+        tiny_data_dir, tmp_path, monkeypatch, resume_reference):
+    """One workdir, three failures in a row, each rerun resuming where the last one stopped:
+    a checkpoint (step 4), a metrics row (step 7), the results file; then a healthy rerun."""
+    cfg = tiny_finetune_config(tiny_data_dir, **RESUME_OVER)
+    work = tmp_path / "w"
+    for fail, path, reason, latest in [
+            (_fail_checkpoint_4, "checkpoints/4", "No space left on device", 2),
+            (_fail_metrics_row_7, "metrics.jsonl", "Input/output error", 6),
+            (_fail_results, "eval_results.json", "No space left on device", 9)]:
+        with monkeypatch.context() as m:
+            fail(m)
+            with pytest.raises(files.WriteError) as failed:
+                finetune.train(cfg, str(work))
+        line = user_error_line(failed.value, f"could not write {work / path}: {reason}")
+        assert (f"the latest complete checkpoint {work / 'checkpoints' / str(latest)} is intact "
+                "and readable: rerun the same command to resume from it") in line
+        assert int(load_state_tree(work)["step"]) == latest  # the latest, and it reads
+        assert not (work / "eval_results.json").exists()
+        assert not [n for n in os.listdir(work) if ".tmp-" in n]  # no half-written file
+        assert (work / "metrics.jsonl").read_text().endswith("\n")  # no half row
+
+    finetune.train(cfg, str(work))  # the rerun, on a healthy disk
+    assert_trees(resume_reference, load_state_tree(work))
+    assert json.loads((work / "eval_results.json").read_text())["step"] == 9
+    assert not [n for n in os.listdir(work / "checkpoints") if "tmp" in n]  # cleaned up
+    assert read_metrics(work)["train"]["step"].tolist() == list(range(1, 10))
 
 def test_unreadable_newest_checkpoint_falls_back_to_previous(tiny_data_dir, tmp_path, caplog):
     cfg = tiny_finetune_config(tiny_data_dir, **{"checkpoint_every_steps": 2, "optim.epochs": 2})
@@ -248,3 +393,32 @@ def test_saved_config_round_trip_is_accepted(tiny_data_dir, tmp_path):
     saved = json.loads((work / "config.json").read_text())
     validation.check_workdir_config(cfg, str(work), has_checkpoint=True)  # same config: fine
     assert saved["model"]["depth"] == 2
+
+
+def test_missing_data_and_bad_checkpoint_paths_are_one_line_before_any_work(tmp_path):
+    from personvit_jax.config_args import load_config
+    from personvit_jax.stages import evaluate
+
+    weights = tmp_path / "weights.npz"
+    weights.write_bytes(b"not a checkpoint folder")
+    nodata = tmp_path / "nodata"
+
+    def evaluate_config(checkpoint):
+        c = load_config("evaluate")
+        c.checkpoint = str(checkpoint)
+        return c
+
+    cases = [
+        (lambda w: finetune.train(tiny_finetune_config(str(nodata), **{"data.name": "market1501"}),
+                                  w), ["'market1501' is not prepared under data_dir", nodata]),
+        (lambda w: finetune.train(tiny_finetune_config(str(nodata), init_from=str(weights)), w),
+         [f"checkpoint path {weights} is a file", "tools.convert"]),
+        (lambda w: evaluate.evaluate(evaluate_config(weights), w), [f"{weights} is a file"]),
+        (lambda w: evaluate.evaluate(evaluate_config(tmp_path / "none"), w),
+         [f"checkpoint path {tmp_path / 'none'} does not exist"]),
+    ]
+    for i, (run, names) in enumerate(cases):
+        with pytest.raises(Exception) as failed:
+            run(str(tmp_path / f"w{i}"))
+        user_error_line(failed.value, *names)
+        assert not (tmp_path / f"w{i}" / "checkpoints").exists()

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import (REPO, assert_trees, assert_trees_close_in_norm, tiny_finetune_config,
                       tiny_pretrain_config)
+from personvit_jax import workdir
 from personvit_jax.config_args import load_config
 from personvit_jax.data import color_augment
 from personvit_jax.models.pretrain import pretrain_model_from_config
@@ -280,8 +281,9 @@ def _flags(over: dict) -> list[str]:
     return [f"--config.{k}={fmt(v)}" for k, v in over.items()]
 
 
-def _run_two_processes(config_arg, workdir, over, timeout=420):
-    """2 processes x 2 fake CPU devices through `python -m personvit_jax.main` (gloo)."""
+def _run_two_processes(config_arg, workdir, over, timeout=420, returncode=0):
+    """2 processes x 2 fake CPU devices through `python -m personvit_jax.main` (gloo); each
+    must exit with `returncode`. Returns their stderr."""
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
@@ -299,7 +301,7 @@ def _run_two_processes(config_arg, workdir, over, timeout=420):
                 p.kill()
                 p.wait()
     for p, err in zip(procs, errs):
-        assert p.returncode == 0, err[-4000:]
+        assert p.returncode == returncode, err[-4000:]
     return errs
 
 
@@ -333,3 +335,14 @@ def test_two_processes_equal_one(stage, tiny_data_dir, tmp_path):
         assert_trees(one["teacher"], two["teacher"], atol=1e-6)
         assert_trees(one["student"], two["student"], atol=2e-4)
     assert (tmp_path / "two" / "eval_results.json").exists()
+
+
+def test_two_processes_stop_together_on_a_workdir_in_use(tmp_path):
+    """Process 0 is refused the lock and says so to process 1: both exit 2, in one line each."""
+    work = tmp_path / "w"
+    with workdir.locked(str(work)):
+        errs = _run_two_processes("configs/finetune.py:synthetic", work, {}, returncode=2)
+    for err in errs:
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith(f"error: workdir {work} is in use by "
+                                                       "another run (")

@@ -12,7 +12,7 @@ from conftest import REPO
 PACKAGE = os.path.join(REPO, "personvit_jax")
 # Layer of each top-level part; a module may import only its own layer or lower ones.
 LAYERS = {
-    "trees": 0, "files": 0, "config_args": 0, "cli": 0,
+    "trees": 0, "files": 0, "config_args": 0, "cli": 0, "workdir": 0,
     "data": 1, "synthetic": 1,
     "models": 2,
     "losses": 3,

@@ -17,14 +17,18 @@ from PIL import Image, ImageEnhance
 from personvit_jax.data import color_augment
 
 
+class CorruptImageError(ValueError):
+    """An image file that cannot be decoded (or is not the expected format)."""
+
+
 def load_rgb(path_or_file, name: str = "") -> Image.Image:
     """A file path, or a file object holding encoded bytes (then `name` names it in errors),
-    decoded to RGB."""
+    decoded to RGB. Bytes that do not decode raise CorruptImageError naming the image."""
     try:
         with Image.open(path_or_file) as im:
             return im.convert("RGB")
-    except (OSError, SyntaxError) as e:
-        raise OSError(f"cannot read image {name or path_or_file}: {e}") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise CorruptImageError(f"cannot read image {name or path_or_file}: {e}") from e
 
 
 def normalize(img_hwc_uint8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

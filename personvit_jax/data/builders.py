@@ -47,7 +47,9 @@ from PIL import Image
 
 import tensorflow_datasets as tfds
 
+from personvit_jax import files
 from personvit_jax.data import layouts
+from personvit_jax.data.augment import CorruptImageError
 
 VERSION = "1.0.0"
 _RELEASE_NOTES = {VERSION: "Initial release."}
@@ -60,10 +62,6 @@ PUBLISHED_COUNTS = {
     "occluded_duke": {"train": (15618, 702), "query": (2210, None), "gallery": (17661, None)},
     "msmt17": {"train": (32621, 1041), "query": (11659, None), "gallery": (82161, None)},
 }
-
-
-class CorruptImageError(ValueError):
-    """An image file that cannot be decoded (or is not the expected format)."""
 
 
 def read_image_bytes(path: str, jpeg_only: bool) -> bytes:
@@ -370,6 +368,8 @@ def build_atomically(final: str, write: Callable[[str], str], *,
     is removed whatever happens. An existing `final` is replaced only with `overwrite`; one
     that appears meanwhile (another process finished first) is left alone: FileExistsError.
     Staging folders left by processes of this host that died (killed, preempted) go first.
+    A write that fails (disk full, I/O error, read-only or unwritable folder) raises
+    files.WriteError naming `final`.
     """
     if os.path.exists(final) and not overwrite:
         raise FileExistsError(f"{final} already exists; not replacing it (prepare: pass "
@@ -383,15 +383,23 @@ def build_atomically(final: str, write: Callable[[str], str], *,
             json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
         result = write(staging)
         os.makedirs(os.path.dirname(os.path.abspath(final)), exist_ok=True)
+        replaced = os.path.join(staging, "replaced")
         if overwrite and os.path.exists(final):  # move the old build out of the way first
-            os.replace(final, os.path.join(staging, "replaced"))
+            os.replace(final, replaced)
         try:
             os.replace(result, final)  # a folder never replaces a non-empty one
         except OSError as e:
-            if os.path.exists(final):
+            if os.path.exists(replaced) and not os.path.exists(final):
+                os.replace(replaced, final)  # the old build goes back
+            elif os.path.exists(final):
                 raise FileExistsError(f"{final} appeared while this build ran (another process "
                                       "built it first); left as it is") from e
             raise
+    except OSError as e:
+        if type(e) is OSError or isinstance(e, PermissionError):  # not a missing source file
+            raise files.write_failed(final, e, "nothing of this build was kept; an earlier "
+                                     "build, if any, is intact") from e
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -564,17 +572,28 @@ def load_record_splits(name: str, data_dir: str, config: Optional[str] = None
         raise FileNotFoundError(_prepare_hint(name, data_dir))
     has_cams = bool(metadata["has_camera_ids"])
     kwargs = {"config": _named_config(config)} if config else {}
-    splits = {}
-    for split_name, source in _data_source(name, data_dir, builder_kwargs=kwargs).items():
-        names, pids, camids = _labels(source)
-        if split_name == "train":
-            pids = layouts.relabel_pids(pids)
-        splits[split_name] = layouts.Split(split_name, names, pids, camids, records=source,
-                                           has_camera_ids=has_cams)
+    splits, split_name = {}, ""
+    try:  # reading the labels reads every record whole: damage anywhere shows here
+        for split_name, source in _data_source(name, data_dir, builder_kwargs=kwargs).items():
+            names, pids, camids = _labels(source)
+            if split_name == "train":
+                pids = layouts.relabel_pids(pids)
+            splits[split_name] = layouts.Split(split_name, names, pids, camids, records=source,
+                                               has_camera_ids=has_cams)
+    except RuntimeError as e:  # ArrayRecord / Riegeli: truncated or garbled files
+        where = os.path.join(os.path.abspath(data_dir), name)
+        raise CorruptRecordsError(
+            f"{where}: unreadable records{f' in split {split_name}' if split_name else ''} "
+            f"({' '.join(str(e).split())[:200]}); the build is damaged: rebuild it with "
+            f"`python -m personvit_jax.data.prepare --dataset={name} ... --overwrite`") from e
     if "test" in splits:
         test = splits.pop("test")
         splits["query"] = splits["gallery"] = test
     return splits
+
+
+class CorruptRecordsError(ValueError):
+    """A built dataset whose record files are truncated or garbled."""
 
 
 class ConcatRecords(Sequence):

@@ -276,25 +276,33 @@ def _custom_csv_rows(root: str, csv_path: str) -> list[tuple]:
     """(split, path, pid, camid) from a `path,pid,camid` CSV (an optional header line)."""
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"label CSV {csv_path} does not exist")
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            return _csv_rows(root, csv_path, csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:  # binary junk, NUL bytes, a huge field
+        raise ValueError(f"{csv_path}: not a UTF-8 CSV of 'path,pid,camid' rows ({e})") from None
+
+
+def _csv_rows(root: str, csv_path: str, reader) -> list[tuple]:
+    """The rows of `_custom_csv_rows`, from a csv.reader over the file."""
     rows = []
-    with open(csv_path, newline="") as f:
-        for line_no, row in enumerate(csv.reader(f), 1):
-            if not row or (line_no == 1 and row[:3] == ["path", "pid", "camid"]):
-                continue
-            try:
-                rel, pid, cam = row[0].strip(), int(row[1]), int(row[2])
-            except (IndexError, ValueError):
-                raise ValueError(f"{csv_path}:{line_no}: expected 'path,pid,camid' with integer "
-                                 f"pid and camid, got {','.join(row)!r}") from None
-            split = rel.replace("\\", "/").split("/")[0]
-            if split not in CUSTOM_SPLITS:
-                raise ValueError(f"{csv_path}:{line_no}: path {rel!r} must start with one of "
-                                 f"{', '.join(CUSTOM_SPLITS)}/")
-            path = os.path.join(root, rel)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{csv_path}:{line_no} points at {path}, which does not "
-                                        "exist")
-            rows.append((split, path, pid, cam))
+    for line_no, row in enumerate(reader, 1):
+        if not row or (line_no == 1 and row[:3] == ["path", "pid", "camid"]):
+            continue
+        try:
+            rel, pid, cam = row[0].strip(), int(row[1]), int(row[2])
+        except (IndexError, ValueError):
+            raise ValueError(f"{csv_path}:{line_no}: expected 'path,pid,camid' with integer "
+                             f"pid and camid, got {','.join(row)!r}") from None
+        split = rel.replace("\\", "/").split("/")[0]
+        if split not in CUSTOM_SPLITS:
+            raise ValueError(f"{csv_path}:{line_no}: path {rel!r} must start with one of "
+                             f"{', '.join(CUSTOM_SPLITS)}/")
+        path = os.path.join(root, rel)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{csv_path}:{line_no} points at {path}, which does not "
+                                    "exist")
+        rows.append((split, path, pid, cam))
     if not rows:
         raise ValueError(f"{csv_path}: no rows (expected 'path,pid,camid' lines)")
     return rows

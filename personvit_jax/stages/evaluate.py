@@ -25,18 +25,22 @@ from absl import logging
 from personvit_jax import files, inference, validation
 from personvit_jax.data import layouts, pipeline
 from personvit_jax.evaluation import RetrievalEvaluator, distances, visualize
-from personvit_jax.training import sharding
+from personvit_jax.training import checkpointing, sharding
+from personvit_jax.workdir import holds_workdir_lock
 
 OUTPUTS = ("eval_results.json", "features.npz", "ranks", "eval_config.json")
 
 
+@holds_workdir_lock
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the evaluation; returns the contents of eval_results.json."""
     # ------------------------------------------------------------------ outputs
+    # One run per output folder: @holds_workdir_lock took its lock (workdir.lock) first.
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if not config.checkpoint:
         raise ValueError("config.checkpoint is empty: pass --config.checkpoint=RUN_WORKDIR (or a "
                          "checkpoints/ folder, a step folder, a converted checkpoint folder)")
+    checkpointing.resolve_checkpoint(config.checkpoint)  # a wrong path fails before any data
     existing = [n for n in OUTPUTS if os.path.exists(os.path.join(workdir, n))]
     if existing and not config.overwrite:
         raise FileExistsError(f"{workdir} already holds {existing}: choose another --workdir or "

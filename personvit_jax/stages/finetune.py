@@ -25,11 +25,14 @@ from personvit_jax.models import init_from
 from personvit_jax.models.reid import reid_model_from_config
 from personvit_jax.training import checkpointing, loop, optim, sharding
 from personvit_jax.training.logging import MetricLogger
+from personvit_jax.workdir import holds_workdir_lock
 
 
+@holds_workdir_lock
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) fine-tuning in `workdir`; returns the final evaluation summary."""
     # ------------------------------------------------------------------ workdir & logging
+    # One run per workdir: @holds_workdir_lock took its lock before anything here was read.
     validation.check_finetune_config(config)
     is_main = jax.process_index() == 0
     workdir = validation.prepare_workdir(config, workdir, is_main)

@@ -28,11 +28,14 @@ from personvit_jax.models.pretrain import pretrain_model_from_config
 from personvit_jax.models.vit import grid_size
 from personvit_jax.training import checkpointing, loop, optim, sharding
 from personvit_jax.training.logging import MetricLogger
+from personvit_jax.workdir import holds_workdir_lock
 
 
+@holds_workdir_lock
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) pretraining in `workdir`; returns the last monitor summary."""
     # ------------------------------------------------------------------ workdir
+    # One run per workdir: @holds_workdir_lock took its lock before anything here was read.
     validation.check_pretrain_config(config)
     is_main = jax.process_index() == 0
     workdir = validation.prepare_workdir(config, workdir, is_main)

@@ -47,7 +47,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from personvit_jax import cli, trees
+from personvit_jax import cli, files, trees
 from personvit_jax.config_args import load_config_module
 from personvit_jax.data import layouts
 from personvit_jax.models import init_from
@@ -551,13 +551,14 @@ def write_checkpoint(output_dir: str, tree: dict, config) -> None:
                                           async_save=False)
         ckpt.save(0, tree, force=True)
         ckpt.close()
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        files.write_text(os.path.join(tmp, "config.json"), config.to_json_best_effort(indent=2))
         if os.path.isdir(output_dir):
             os.rmdir(output_dir)  # empty (checked above); a non-empty one raises here
         os.rename(tmp, output_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, files.WriteError) and isinstance(e.__cause__, OSError):
+            raise files.write_failed(output_dir, e.__cause__, "nothing was left behind") from e
         raise
 
 

@@ -4,10 +4,16 @@ Layout: <workdir>/checkpoints/<step>/{state, data}. Orbax writes each checkpoint
 folder and renames it when complete, so a run killed mid-write never leaves a "latest" checkpoint
 that cannot be read. `data` holds the Grain iterator position, so a resumed run sees exactly the
 batches an uninterrupted run would have seen.
+
+A save that fails (disk full, permission denied, I/O error) raises files.WriteError naming the
+step folder; its half-written temporary folder is never taken for a checkpoint, and the next run
+removes it (safe: the workdir lock means no other process is writing one). `resume_note` says
+which complete checkpoint a rerun resumes from, having read it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Callable, Optional
 
@@ -16,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from personvit_jax import trees
+from personvit_jax import files, trees
 
 
 class Checkpointer:
@@ -27,17 +33,63 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=True,
-                enable_async_checkpointing=async_save))
+                enable_async_checkpointing=async_save, cleanup_tmp_directories=True))
+        self._in_flight: Optional[int] = None  # the step of the save not yet known complete
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_iter=None, force: bool = False) -> bool:
         """Saves when `step` is on the interval (or `force`); returns whether it saved."""
+        if not (force or self.manager.should_save(step)):
+            return False
+        self.wait_until_finished()  # Orbax would too; here a failure is named as that save's
         items = {"state": ocp.args.StandardSave(state)}
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        self._in_flight = step
+        with self._failed_write_is_one_line():
+            saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        return saved
+
+    def wait_until_finished(self) -> None:
+        """Blocks until an asynchronous save completes (WriteError if it failed)."""
+        with self._failed_write_is_one_line():
+            self.manager.wait_until_finished()
+        self._in_flight = None
+
+    @contextlib.contextmanager
+    def _failed_write_is_one_line(self):
+        """A save's I/O failure (an OSError in the exception's chain, or the file-system error
+        text that TensorStore puts in its own errors; Orbax and Grain raise them from their
+        threads) -> files.WriteError naming the step folder being written."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 (re-raised unless it is an I/O failure)
+            if isinstance(e, files.WriteError) or files.io_failure(e) is None:
+                raise
+            what = os.path.join(self.directory, str(self._in_flight))
+            self._in_flight = None
+            raise files.write_failed(what, e, "nothing of it is taken for a checkpoint") from e
+
+    def resume_note(self) -> str:
+        """After a failed write: waits for a save still in flight (its own failure aside), then
+        names the latest complete checkpoint, whose metadata it has read, as where a rerun
+        resumes."""
+        with contextlib.suppress(Exception):
+            self.manager.wait_until_finished()
+        self.manager.reload()
+        step = self.manager.latest_step()
+        if step is None:
+            return "no checkpoint was complete yet: a rerun starts from the beginning"
+        step_dir = os.path.join(self.directory, str(step))
+        try:
+            saved_shapes(step_dir)
+        except Exception as e:  # noqa: BLE001 (said in the note; the rerun falls back past it)
+            return (f"the latest checkpoint {step_dir} is unreadable ({type(e).__name__}); a "
+                    "rerun sets it aside and resumes from the one before")
+        return (f"the latest complete checkpoint {step_dir} is intact and readable: rerun the "
+                "same command to resume from it")
 
     def restore(self, step: int, abstract_state: Any, data_iter=None) -> Any:
         """Restores the state onto the shardings of `abstract_state` (and the iterator in place)."""
@@ -47,7 +99,7 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait_until_finished()
         self.manager.close()
 
 
@@ -66,6 +118,11 @@ def resolve_checkpoint(path: str) -> str:
         return path
     ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(
         os.path.join(path, "checkpoints")) else path
+    if os.path.isfile(path):
+        raise NotADirectoryError(
+            f"checkpoint path {path} is a file: expected a run's workdir, its checkpoints/ "
+            "folder, a step folder or a converted folder (convert .pth / .safetensors / .npz "
+            "weights first: python -m personvit_jax.tools.convert)")
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
     steps = sorted(int(n) for n in os.listdir(ckpt_dir)
@@ -81,7 +138,7 @@ def load_state_tree(path: str) -> dict:
     """Reads the saved train state of `path` (see `resolve_checkpoint`) as host numpy arrays,
     whatever the mesh it was written from."""
     state_dir = os.path.join(resolve_checkpoint(path), "state")
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with _unreadable_is_one_line(state_dir), ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(state_dir).item_metadata
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta.tree)
         return ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
@@ -90,9 +147,27 @@ def load_state_tree(path: str) -> dict:
 def saved_shapes(path: str) -> dict[str, tuple]:
     """{keystr path: shape} of the arrays saved at `path` (see `resolve_checkpoint`), from the
     checkpoint's metadata only (no array is read)."""
-    with ocp.PyTreeCheckpointer() as ckptr:
-        saved = ckptr.metadata(os.path.join(resolve_checkpoint(path), "state")).item_metadata.tree
+    state_dir = os.path.join(resolve_checkpoint(path), "state")
+    with _unreadable_is_one_line(state_dir), ocp.PyTreeCheckpointer() as ckptr:
+        saved = ckptr.metadata(state_dir).item_metadata.tree
     return {k: tuple(v.shape) for k, v in trees.flatten(saved).items() if hasattr(v, "shape")}
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint folder whose files are truncated, garbled or missing."""
+
+
+@contextlib.contextmanager
+def _unreadable_is_one_line(state_dir: str):
+    """Whatever Orbax / TensorStore raise on a damaged checkpoint -> UnreadableCheckpointError
+    naming the folder (a user error: one line)."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 (the library's many error types for a bad file)
+        text = " ".join(str(e).split())
+        raise UnreadableCheckpointError(
+            f"{state_dir}: unreadable checkpoint ({type(e).__name__}: {text[:300]}); it is "
+            "truncated, garbled or not an Orbax checkpoint") from e
 
 
 def check_restorable(step_dir: str, target: Any) -> None:

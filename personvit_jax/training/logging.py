@@ -1,6 +1,8 @@
 """Metrics: TensorBoard event files (tensorboardX, no TensorFlow needed), DIR/metrics.jsonl and a
-progress line (step, loss, img/s, ETA). Only process 0 writes. `read_metrics` reads metrics.jsonl
-back as per-split columns and `plot_metrics` draws them (notebooks)."""
+progress line (step, loss, img/s, ETA). Only process 0 writes. A metrics.jsonl row that cannot
+be written (disk full, I/O error) raises files.WriteError and leaves the rows before it intact;
+a row cut short by a killed run is dropped when the next run opens the file. `read_metrics`
+reads metrics.jsonl back as per-split columns and `plot_metrics` draws them (notebooks)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 from absl import logging
+
+from personvit_jax import files
 
 
 def _to_python(v: Any) -> Any:
@@ -30,7 +34,8 @@ class MetricLogger:
             os.makedirs(workdir, exist_ok=True)
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._jsonl_path = os.path.join(workdir, "metrics.jsonl")
+            self._jsonl = _open_rows(self._jsonl_path)
 
     def start(self, step: int) -> None:
         """Starts the img/s and ETA clock at `step` (after compilation, ideally)."""
@@ -48,8 +53,7 @@ class MetricLogger:
         for k, v in row.items():
             if isinstance(v, (int, float)):
                 self._tb.add_scalar(f"{prefix}/{k}", v, step)
-        self._jsonl.write(json.dumps({"step": step, "split": prefix, **row}) + "\n")
-        self._jsonl.flush()
+        self._append_row(json.dumps({"step": step, "split": prefix, **row}) + "\n")
         if prefix == "train":
             eta = row.get("eta_s")
             logging.info("step %d/%d  loss %.4f  %s  %s", step, self.total_steps,
@@ -62,10 +66,36 @@ class MetricLogger:
                                    for k, v in row.items()))
         return row
 
+    def _append_row(self, line: str) -> None:
+        """One whole row at the end of metrics.jsonl, or none: a failed write is cut back."""
+        end = os.fstat(self._jsonl).st_size
+        try:
+            data = line.encode()
+            while data:
+                data = data[os.write(self._jsonl, data):]
+        except OSError as e:
+            try:
+                os.ftruncate(self._jsonl, end)
+            except OSError:  # the next run drops the unterminated tail (_open_rows)
+                pass
+            raise files.write_failed(self._jsonl_path, e, "the rows before it are intact") from e
+
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self._jsonl is not None:
             self._tb.close()
-            self._jsonl.close()
+            os.close(self._jsonl)
+            self._jsonl = None
+
+
+def _open_rows(path: str) -> int:
+    """metrics.jsonl opened for appending whole rows: an unterminated last row (a run killed
+    while writing it) is cut off first, so that the rows appended after it stay readable."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))  # rows are short
+        os.ftruncate(fd, size - len(tail) + tail.rfind(b"\n") + 1)
+    return fd
 
 
 def read_metrics(path: str) -> dict[str, dict[str, np.ndarray]]:

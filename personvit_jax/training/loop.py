@@ -1,9 +1,12 @@
 """The train loop both stages share: step, averaged metrics, checkpoints, periodic evaluation,
-preemption (SIGTERM -> checkpoint -> exit 0) and the non-finite guard."""
+preemption (SIGTERM -> checkpoint -> exit 0), the non-finite guard, and the stop on a failed
+write (checkpoint, metrics or results: one line naming the file and the checkpoint a rerun
+resumes from)."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import threading
@@ -105,6 +108,23 @@ class PreemptionWatch:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+# ---------------------------------------------------------------------------- failed writes
+@contextlib.contextmanager
+def stop_on_failed_write(ckpt: Checkpointer, logger: MetricLogger):
+    """A write that failed in the block (files.WriteError: a checkpoint, metrics.jsonl,
+    eval_results.json) stops the run: the logger is closed, any save in flight completes, and
+    the error goes on with the latest complete checkpoint, read back, named as the rerun's
+    starting point. Nothing is retried: the disk is full, or the folder not writable."""
+    try:
+        yield
+    except files.WriteError as e:
+        with contextlib.suppress(Exception):
+            logger.close()
+        err = files.WriteError(f"{e}; {ckpt.resume_note()}")
+        err.errno = e.errno
+        raise err from e
+
+
 # ---------------------------------------------------------------------------- the loop
 def run(state: dict, data_iter, train_step: Callable, *, mesh: Mesh, ckpt: Checkpointer,
         logger: MetricLogger, total_steps: int, log_every: int, eval_every: int,
@@ -122,9 +142,8 @@ def run(state: dict, data_iter, train_step: Callable, *, mesh: Mesh, ckpt: Check
     step = first_step = int(state["step"])
     metric_sum, metric_count = None, 0
     pending: collections.deque = collections.deque()
-    watch = PreemptionWatch()
     preempted = False
-    try:
+    with contextlib.closing(PreemptionWatch()) as watch, stop_on_failed_write(ckpt, logger):
         while step < total_steps:
             batch = next(data_iter)
             indices = batch.pop("indices")  # record ids stay on the host (for error reports)
@@ -143,21 +162,19 @@ def run(state: dict, data_iter, train_step: Callable, *, mesh: Mesh, ckpt: Check
                 try:
                     _check_pending(pending, nonfinite)
                 except NonFiniteError:
-                    ckpt.manager.wait_until_finished()  # the last good checkpoint completes
+                    ckpt.wait_until_finished()  # the last good checkpoint completes
                     raise
             if log_now:
                 logger.write(step, _interval_means(metric_sum, metric_count))
                 metric_sum, metric_count = None, 0
             ckpt.save(step, state, data_iter, force=force)
             if preempted:
-                ckpt.manager.wait_until_finished()
+                ckpt.wait_until_finished()
                 logging.warning("preempted: checkpoint of step %d saved in %s; rerun the same "
                                 "command to resume", step, ckpt.directory)
                 break
             if eval_now:
                 logger.write(step, eval_fn(state), prefix=eval_prefix)
-    finally:
-        watch.close()
     return state, step, preempted
 
 
@@ -167,13 +184,14 @@ def finish(state: dict, step: int, *, eval_fn: Callable[[dict], dict[str, Any]],
     """A stage's end after the last step: the final evaluation, logged and written by process 0
     to <workdir>/eval_results.json (`results` fields first, then step and the summary); the
     logger and checkpointer closed. Returns the summary."""
-    summary = eval_fn(state)
-    logger.write(step, summary, prefix=eval_prefix)
-    if jax.process_index() == 0:
-        files.write_json(os.path.join(workdir, "eval_results.json"),
-                         {**results, "step": step, **summary})
-    logger.close()
-    ckpt.close()
+    with stop_on_failed_write(ckpt, logger):
+        summary = eval_fn(state)
+        logger.write(step, summary, prefix=eval_prefix)
+        if jax.process_index() == 0:
+            files.write_json(os.path.join(workdir, "eval_results.json"),
+                             {**results, "step": step, **summary})
+        logger.close()
+        ckpt.close()
     return summary
 
 
