@@ -160,7 +160,8 @@ def report(workdir: str, plan: list[dict]) -> dict:
                         "teacher_entropy_of_mean")})
     raw_path = os.path.join(workdir, "raw_pixels.json")
     raw = json.load(open(raw_path)) if os.path.isfile(raw_path) else None
-    out = {"finetunes": rows, "monitor": curve, "collapse": entropies[::10] + entropies[-1:],
+    out = {"pretrained": next((p["init_from"] for p in plan if p["init_from"]), ""),
+           "finetunes": rows, "monitor": curve, "collapse": entropies[::10] + entropies[-1:],
            "raw_pixels": raw}
     lines = ["| init | label fraction | seed | optimiser | steps | mAP | rank-1 |",
              "|---|---|---|---|---|---|---|"]
@@ -207,6 +208,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="layer_decay,sgd",
                    help=f"pretrained-only optimiser variants at the smallest fraction "
                         f"({', '.join(VARIANTS)}; '' = none)")
+    p.add_argument("--pretrained", default="",
+                   help="fine-tune from this checkpoint (a workdir or a step folder, e.g. of "
+                        "an unfinished step 2) instead of running step 2")
     p.add_argument("--report", action="store_true", help="only print the table")
     a = p.parse_args(argv)
     workdir = os.path.abspath(a.workdir)
@@ -217,7 +221,8 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; expected some of {sorted(VARIANTS)}")
     pretrain_dir = os.path.join(workdir, "pretrain")
-    plan = finetune_plan(fractions, seeds, variants, pretrain_dir)
+    init_dir = os.path.abspath(a.pretrained) if a.pretrained else pretrain_dir
+    plan = finetune_plan(fractions, seeds, variants, init_dir)
     if a.report:
         report(workdir, plan)
         return 0
@@ -243,8 +248,9 @@ def main(argv=None) -> int:
             "monitor.data_dir": labelled_dir}
     if a.pretrain_epochs:
         over["optim.epochs"] = a.pretrain_epochs
-    run_main("configs/pretrain.py:synthetic_pool", pretrain_dir, over,
-             os.path.join(logs, "pretrain.log"))
+    if not a.pretrained:
+        run_main("configs/pretrain.py:synthetic_pool", pretrain_dir, over,
+                 os.path.join(logs, "pretrain.log"))
     report(workdir, plan)
 
     # 3. fine-tunes, the smallest fraction first (where pretraining should matter most)

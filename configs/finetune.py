@@ -14,7 +14,7 @@ then run with --config.data.data_dir=data (the default).
 `arg` is a comma-separated list: `dataset=NAME` (market1501, dukemtmc, occluded_duke, msmt17,
 msmt17_v2, reid_folder = your own prepared folder, synthetic), `model=NAME` (vit_tiny,
 vit_small, vit_base), and the flag `synthetic`, which selects the synthetic set and shrinks
-model, images and schedule to a CPU-sized run (under an hour on 2 cores).
+model, images and schedule to minutes on a 2-core CPU.
 Any field can be overridden on the command line, e.g. `--config.optim.base_lr=1e-3`.
 """
 
