@@ -28,9 +28,13 @@ def test_input_pipeline_bench(tmp_path):
     assert all(r["img_per_s"] > 0 for r in rows)
 
 
+# A one-block, 64-wide ViT: the scripts' code paths at a fraction of ViT-Tiny's compile time.
+TINY = ("--set", "model.depth=1", "--set", "model.width=64", "--set", "model.num_heads=2")
+
+
 def test_train_step_bench_tiny():
     (row,) = _run("train_step.py", "--stage=finetune", "--model=vit_tiny", "--batch=8",
-                  "--steps=1")
+                  "--steps=1", *TINY, "--set", "data.image_size=(64,32)")
     assert row["stage"] == "finetune" and row["batch"] == 8 and row["img_per_s"] > 0
     assert row["flops_per_step"] > 0 and 0 < row["fraction_of_matmul_peak"]
 
@@ -45,8 +49,11 @@ def test_torch_reference_bench_tiny():
 def test_pretrain_step_bench_tiny():
     # uint8 views + drawn colour parameters: the colour augmentation runs inside the timed step
     (row,) = _run("train_step.py", "--stage=pretrain", "--model=vit_tiny", "--batch=2",
-                  "--steps=1")
-    assert row["stage"] == "pretrain" and row["image_size"] == "2x256x128+8x128x64"
+                  "--steps=1", *TINY, "--set", "data.global_size=(64,32)", "--set",
+                  "data.local_size=(32,16)", "--set", "data.num_local_crops=2", "--set",
+                  "head.out_dim=64", "--set", "head.patch_out_dim=64", "--set",
+                  "head.hidden_dim=32", "--set", "head.bottleneck_dim=16")
+    assert row["stage"] == "pretrain" and row["image_size"] == "2x64x32+2x32x16"
     assert row["img_per_s"] > 0 and row["flops_per_step"] > 0
 
 
