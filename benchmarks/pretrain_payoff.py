@@ -140,7 +140,7 @@ def report(workdir: str, plan: list[dict]) -> dict:
                 r = json.load(f)
             rows.append({**{k: p[k] for k in ("init", "fraction", "seed", "variant", "steps")},
                          "mAP": r["mAP"], "rank1": r["rank1"], "final_step": r["step"]})
-    curve = []
+    curve, entropies = [], []  # monitor rows; train rows with the collapse signals
     metrics = os.path.join(workdir, "pretrain", "metrics.jsonl")
     if os.path.isfile(metrics):
         with open(metrics) as f:
@@ -149,17 +149,15 @@ def report(workdir: str, plan: list[dict]) -> dict:
                 if m.get("split") == "monitor":
                     curve.append({k: m.get(k) for k in ("step", "mAP", "rank1", "effective_rank",
                                                         "top10_same_camera")})
-    entropies = []
-    if os.path.isfile(metrics):
-        with open(metrics) as f:
-            for line in f:
-                m = json.loads(line)
-                if m.get("split") == "train" and "teacher_mean_entropy" in m:
+                elif m.get("split") == "train" and "teacher_mean_entropy" in m:
                     entropies.append({k: m.get(k) for k in (
                         "step", "cls_loss", "patch_loss", "teacher_mean_entropy",
                         "teacher_entropy_of_mean")})
+    raw = None
     raw_path = os.path.join(workdir, "raw_pixels.json")
-    raw = json.load(open(raw_path)) if os.path.isfile(raw_path) else None
+    if os.path.isfile(raw_path):
+        with open(raw_path) as f:
+            raw = json.load(f)
     out = {"pretrained": next((p["init_from"] for p in plan if p["init_from"]), ""),
            "finetunes": rows, "monitor": curve, "collapse": entropies[::10] + entropies[-1:],
            "raw_pixels": raw}

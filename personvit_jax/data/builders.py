@@ -641,7 +641,11 @@ def load_unlabeled(data_dir: str) -> layouts.Split:
             f"{missing[:10]} of {n} missing): rerun the same prepare command; it resumes")
     sources = [_data_source(UnlabeledFolder.name, data_dir, split="train",
                             builder_kwargs={"config": _part_config(i, n)}) for i in range(n)]
-    records = ConcatRecords(sources)
+    return unlabeled_split(ConcatRecords(sources))
+
+
+def unlabeled_split(records: Sequence) -> layouts.Split:
+    """An unlabeled split (pids and cameras -1) read from `records`, named by their file names."""
     split = layouts.Split.from_paths("train", RecordNames(records))
     split.records = records
     return split

@@ -86,9 +86,7 @@ def concat_unlabeled(splits: Sequence[Split], what: str) -> Split:
     if any(s.records is None for s in splits):
         raise ValueError(f"{what}: only TFDS builds can be combined (data.name=folder reads "
                          "files; build the folder with data.prepare --dataset=unlabeled_folder)")
-    records = builders.ConcatRecords([s.records for s in splits])
-    return Split("train", builders.RecordNames(records), np.full(len(records), -1, np.int32),
-                 np.full(len(records), -1, np.int32), records=records)
+    return builders.unlabeled_split(builders.ConcatRecords([s.records for s in splits]))
 
 
 class PKSampler:
@@ -178,14 +176,15 @@ class EvalBatchLoader:
     test transform's image_size, mean and std (`inference.Preprocessing`)."""
 
     def __init__(self, split: Split, preprocessing, batch_size: int, local: slice):
-        self.split, self.aug_cfg, self.batch_size, self.local = (split, preprocessing,
-                                                                 batch_size, local)
+        self.split, self.preprocessing, self.batch_size, self.local = (split, preprocessing,
+                                                                       batch_size, local)
 
     def __call__(self, b: int) -> dict[str, np.ndarray]:
         pos = np.arange(b * self.batch_size, (b + 1) * self.batch_size)[self.local]
         valid = pos < len(self.split)
         pos = np.minimum(pos, len(self.split) - 1)
-        images = [augment.reid_test_transform(self.split.image(i), self.aug_cfg) for i in pos]
+        images = [augment.reid_test_transform(self.split.image(i), self.preprocessing)
+                  for i in pos]
         return {"images": np.stack(images), "camids": self.split.camids[pos].astype(np.int32),
                 "valid": valid}
 
