@@ -8,7 +8,10 @@ Cases: <scale>:<what>, scale market (3,368 x 15,913) | msmt17 (11,659 x 82,161);
 k-reciprocal re-ranking, k1 20, k2 6, lambda 0.3), classic (the textbook per-query loop: dense
 distance matrix, argsort of each row; Market only, the reference the others are checked against),
 rerank_dense (the published dense re-ranking, N x N matrices, float32; Market only, the reference
-for rerank: ~6 GB), camera_bias (`evaluation.camera_bias`, which the evaluate stage adds).
+for rerank: ~6 GB), camera_bias (`evaluation.camera_bias`, which the evaluate stage adds),
+cluster (the usl stage's clustering of MSMT17's 32,621 train images / 1,041 identities: the
+sparse k-reciprocal Jaccard graph, k1 30, k2 6, eps 0.7, then DBSCAN, min_samples 4; msmt17
+only).
 
 The problem is random but shaped like the real one: 384-d L2-normalised features around one
 centre per identity, a per-camera shift, noise, distractors (pid 0) that belong to no identity,
@@ -37,7 +40,9 @@ SCALES = {  # queries, gallery, identities, distractors, cameras
     "msmt17": (11659, 82161, 3060, 0, 15),
 }
 CASES = ("market:classic", "market:metrics", "market:rerank", "market:rerank_dense",
-         "market:camera_bias", "msmt17:metrics", "msmt17:rerank", "msmt17:camera_bias")
+         "market:camera_bias", "msmt17:metrics", "msmt17:rerank", "msmt17:camera_bias",
+         "msmt17:cluster")
+MSMT17_TRAIN = (32621, 1041, 15)  # images, identities, cameras
 
 
 def make_problem(scale: str, dim: int = 384, seed: int = 0):
@@ -52,12 +57,38 @@ def make_problem(scale: str, dim: int = 384, seed: int = 0):
     q_cams, g_cams = rng.integers(0, num_cams, nq), rng.integers(0, num_cams, ng)
 
     def feats(pids, cams):
-        f = centres[pids] + cam_shift[cams] + 1.6 * rng.normal(size=(len(pids), dim)).astype(
-            np.float32)
-        f[pids == 0] = 1.5 * rng.normal(size=((pids == 0).sum(), dim))  # distractors
-        return f / np.linalg.norm(f, axis=1, keepdims=True)
+        return _features(rng, centres, cam_shift, pids, cams)
 
     return feats(q_pids, q_cams), feats(g_pids, g_cams), q_pids, g_pids, q_cams, g_cams
+
+
+def _features(rng, centres, cam_shift, pids, cams):
+    """L2-normalised identity centre + camera shift + noise; pid 0 = distractor noise."""
+    f = centres[pids] + cam_shift[cams] + 1.6 * rng.normal(size=(len(pids), centres.shape[1])
+                                                           ).astype(np.float32)
+    f[pids == 0] = 1.5 * rng.normal(size=((pids == 0).sum(), centres.shape[1]))
+    return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+
+def cluster_train_set(dim: int = 384, seed: int = 0) -> dict:
+    """The usl stage's pseudo-labelling of an MSMT17-sized train set, timed in its two parts."""
+    from personvit_jax import clustering
+    from personvit_jax.evaluation.rerank import jaccard_graph
+
+    n, num_ids, num_cams = MSMT17_TRAIN
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_ids + 1, dim)).astype(np.float32)
+    cam_shift = 0.6 * rng.normal(size=(num_cams, dim)).astype(np.float32)
+    pids = np.sort(rng.integers(1, num_ids + 1, n))
+    feats = _features(rng, centres, cam_shift, pids, rng.integers(0, num_cams, n))
+    t = time.perf_counter()
+    graph = jaccard_graph(feats, 30, 6, max_distance=0.7)
+    t_graph = time.perf_counter() - t
+    labels = clustering.dbscan(graph, 0.7, 4)
+    q = clustering.quality(labels, pids)
+    return {"images": n, "jaccard_seconds": round(t_graph, 2),
+            "dbscan_seconds": round(time.perf_counter() - t - t_graph, 2),
+            "graph_edges": int(graph.nnz), **q}
 
 
 def classic(qf, gf, q_pids, g_pids, q_camids, g_camids, max_rank=50):
@@ -144,9 +175,11 @@ def run_case(case: str) -> dict:
     from personvit_jax import evaluation
 
     scale, what = case.split(":")
-    problem = make_problem(scale)
+    problem = make_problem(scale) if what != "cluster" else None
     t, cpu = time.perf_counter(), time.process_time()
-    if what == "classic":
+    if what == "cluster":
+        res = cluster_train_set()
+    elif what == "classic":
         res = classic(*problem)
     elif what == "rerank_dense":
         res = dense_rerank_metrics(*problem)
@@ -157,7 +190,7 @@ def run_case(case: str) -> dict:
         r = evaluation.evaluate(*problem, rerank=True if what == "rerank" else None)
         res = {"mAP": r["mAP"], "mINP": r["mINP"], "rank1": float(r["cmc"][0])}
     seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
-    nq, ng = SCALES[scale][:2]
+    nq, ng = SCALES[scale][:2] if what != "cluster" else (0, 0)
     return {"case": case, "queries": nq, "gallery": ng, "seconds": round(seconds, 2),
             "cpu_seconds": round(cpu, 2),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),

@@ -20,7 +20,8 @@ Any field can be overridden on the command line, e.g. `--config.optim.base_lr=1e
 
 import ml_collections
 
-from personvit_jax.config_args import add_training_bookkeeping, mesh_config, parse_config_arg
+from personvit_jax.config_args import (add_training_bookkeeping, cpu_sized_reid, mesh_config,
+                                      parse_config_arg)
 
 
 def get_config(arg=None):
@@ -143,20 +144,7 @@ def get_config(arg=None):
     add_training_bookkeeping(c)
 
     if args["synthetic"]:
-        # CPU-sized: 128x64 inputs (the synthetic images' own size), a 6-block ViT-Tiny with a
-        # 8x4 patch grid, batch 8 x 4. Trained from scratch, so AdamW (the SGD recipe above is
-        # for fine-tuning a pretrained backbone and barely moves here).
-        d.image_size = (128, 64)
-        d.num_ids_per_batch = 8
-        d.num_instances = 4
-        d.pad = 5
-        m.name = "vit_tiny"
-        m.depth = 6
-        m.pos_grid = (8, 4)
-        o.name = "adamw"
-        o.base_lr = 1e-3
-        o.weight_decay = 0.05
-        o.bias_lr_factor = 1.0
+        cpu_sized_reid(c)  # 128x64, 6-block ViT-Tiny, batch 8 x 4, AdamW from scratch
         o.epochs = 30
         o.warmup_epochs = 3
         e.every_epochs = 10

@@ -97,3 +97,21 @@ def add_training_bookkeeping(c) -> None:
     # A NaN/Inf loss or gradient: 'stop' (error naming the step, loss terms and batch ids; the
     # state is never updated with it and no checkpoint follows it) or 'skip' the step and go on.
     c.nonfinite = "stop"
+
+
+def cpu_sized_reid(c) -> None:
+    """The CPU-sized ReID run of the `synthetic` config argument (finetune, usl): 128x64 inputs
+    (the synthetic images' own size), a 6-block ViT-Tiny with an 8x4 patch grid, batch 8 x 4.
+    Trained from scratch, so AdamW (the SGD recipes are for fine-tuning a pretrained backbone
+    and barely move here)."""
+    c.data.image_size = (128, 64)
+    c.data.num_ids_per_batch = 8
+    c.data.num_instances = 4
+    c.data.pad = 5
+    c.model.name = "vit_tiny"
+    c.model.depth = 6
+    c.model.pos_grid = (8, 4)
+    c.optim.name = "adamw"
+    c.optim.base_lr = 1e-3
+    c.optim.weight_decay = 0.05
+    c.optim.bias_lr_factor = 1.0

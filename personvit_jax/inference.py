@@ -226,7 +226,8 @@ def _check_architecture(model_cfg, params: dict, kind: str, source: str) -> dict
         raise ValueError(f"{source}: config model.jpm_groups={model_cfg.jpm_groups} but the "
                          f"checkpoint has {groups} local BNNecks (neck_1..neck_{groups})")
     return {"num_cameras": num_cameras, "jpm_groups": groups if has_jpm else 0,
-            "num_classes": int(params["neck"]["classifier"]["kernel"].shape[-1])}
+            "num_classes": int(params["neck"]["classifier"]["kernel"].shape[-1])
+            if "classifier" in params["neck"] else 0}  # a usl run's BNNeck has none
 
 
 def load_model(checkpoint: str, model_overrides=None, preprocessing_overrides=None

@@ -1,7 +1,8 @@
 """Losses, all pure functions of arrays (computed in float32).
 
 Fine-tuning (TransReID / PersonViT): ID cross-entropy on the BNNeck logits + batch-hard triplet on
-the pre-BN feature, soft margin by default.
+the pre-BN feature, soft margin by default. Label-free fine-tuning (usl): InfoNCE against a
+memory of cluster centres.
 """
 
 from __future__ import annotations
@@ -67,6 +68,21 @@ def reid_loss(outputs: dict[str, jax.Array], labels_b: jax.Array, *, id_weight: 
     acc = jnp.mean(jnp.argmax(logits[:, 0], -1) == labels_b)
     total = id_weight * ids + triplet_weight * tri
     return total, {"loss": total, "id_loss": ids, "triplet_loss": tri, "id_accuracy": acc}
+
+
+def cluster_contrast_loss(feats_bd: jax.Array, memory_cd: jax.Array, labels_b: jax.Array,
+                          num_clusters: jax.Array, temp: float) -> tuple[jax.Array, jax.Array]:
+    """Cluster Contrast's InfoNCE: cross-entropy of the L2-normalised features against the
+    cluster centres [C, D] (L2-normalised; rows >= num_clusters are unused capacity and left
+    out of the softmax) at temperature `temp`. Returns (loss, accuracy of the nearest
+    centre)."""
+    f = feats_bd.astype(jnp.float32)
+    f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+    logits = f @ jax.lax.stop_gradient(memory_cd).T / temp  # [B, C]
+    logits = jnp.where(jnp.arange(memory_cd.shape[0])[None] < num_clusters, logits, -jnp.inf)
+    loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels_b[:, None],
+                                         axis=1))
+    return loss, jnp.mean(jnp.argmax(logits, -1) == labels_b)
 
 
 # ---------------------------------------------------------------------------------------------

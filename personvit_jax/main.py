@@ -28,7 +28,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-STAGES = {"finetune": "train", "pretrain": "train", "evaluate": "evaluate"}  # module: function
+STAGES = {"finetune": "train", "pretrain": "train", "usl": "train",
+          "evaluate": "evaluate"}  # module: function
 
 
 def _setup_jax() -> None:

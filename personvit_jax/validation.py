@@ -118,6 +118,38 @@ def check_finetune_config(cfg) -> None:
     check_eval_block(cfg)
 
 
+def check_usl_config(cfg) -> None:
+    """Values of a usl config that can be judged without the data."""
+    check_common(cfg)
+    d = cfg.data
+    _check_patch_grid(cfg, "data.image_size")
+    if d.num_instances < 2:
+        _fail("data.num_instances", d.num_instances, "expected K >= 2 images per cluster")
+    if d.num_ids_per_batch < 2:
+        _fail("data.num_ids_per_batch", d.num_ids_per_batch, "expected P >= 2 clusters")
+    if d.pad < 0:
+        _fail("data.pad", d.pad, "expected >= 0 pixels")
+    for key in ("data.flip_prob", "data.erasing_prob", "data.color_jitter.prob",
+                "memory.momentum"):
+        _check_range(cfg, key, 0.0, 1.0)
+    for key in ("model.sie", "model.jpm"):
+        if _get(cfg, key):
+            _fail(key, True, "the usl stage trains the global feature without cameras: False")
+    _check_choice(cfg, "optim.name", ("sgd", "adamw"))
+    _check_choice(cfg, "optim.schedule", ("step", "cosine"))
+    if not 0.0 < cfg.cluster.eps < 1.0:
+        _fail("cluster.eps", cfg.cluster.eps, "a Jaccard distance in (0, 1)")
+    for key in ("cluster.min_samples", "cluster.k1", "cluster.k2", "optim.iters_per_epoch",
+                "optim.step_epochs"):
+        if _get(cfg, key) < 1:
+            _fail(key, _get(cfg, key), "expected a positive integer")
+    if cfg.cluster.k2 > cfg.cluster.k1:
+        _fail("cluster.k2", cfg.cluster.k2, f"expected <= cluster.k1={cfg.cluster.k1}")
+    if cfg.memory.temp <= 0:
+        _fail("memory.temp", cfg.memory.temp, "expected a positive temperature")
+    check_eval_block(cfg)
+
+
 def check_eval_block(cfg) -> None:
     """`eval` fields shared by the fine-tune and evaluate configs (and tools/extract)."""
     _check_choice(cfg, "eval.neck_feat", ("before", "after"))

@@ -156,18 +156,23 @@ def tiny_data_dir(tmp_path_factory):
     return data_dir
 
 
-def tiny_finetune_config(data_dir, **overrides):
-    """configs/finetune.py:synthetic shrunk to a seconds-long run on the tiny set."""
-    c = load_config("finetune", "synthetic")
-    c.data.data_dir = data_dir
-    c.data.synthetic = dict(TINY_SYNTHETIC)
+def tiny_reid_sizes(c, num_ids_per_batch: int) -> None:
+    """64x32 inputs, P x 4 batches, a 2-block 64-wide ViT with 8-px patches (4 x 8 grid)."""
     c.data.image_size = (64, 32)
-    c.data.num_ids_per_batch = 4
+    c.data.num_ids_per_batch = num_ids_per_batch
     c.data.num_instances = 4
     c.data.pad = 4
     c.model.width, c.model.depth, c.model.num_heads = 64, 2, 2
     c.model.patch_size = c.model.patch_stride = 8
     c.model.pos_grid = (8, 4)
+
+
+def tiny_finetune_config(data_dir, **overrides):
+    """configs/finetune.py:synthetic shrunk to a seconds-long run on the tiny set."""
+    c = load_config("finetune", "synthetic")
+    c.data.data_dir = data_dir
+    c.data.synthetic = dict(TINY_SYNTHETIC)
+    tiny_reid_sizes(c, num_ids_per_batch=4)
     c.optim.epochs = 2
     c.optim.warmup_epochs = 1
     c.eval.every_epochs = 0
@@ -207,6 +212,24 @@ def tiny_pretrain_config(data_dir, **overrides):
     c.monitor.batch_size = 32
     c.log_every_steps = 2
     c.checkpoint_every_steps = 2
+    c.keep_checkpoints = 100
+    return apply_overrides(c, overrides)
+
+
+def tiny_usl_config(data_dir, **overrides):
+    """configs/usl.py:synthetic shrunk to seconds on the tiny set (2 epochs x 3 steps; a
+    small Jaccard neighbourhood and DBSCAN core for its ~60 images)."""
+    c = load_config("usl", "synthetic")
+    c.data.data_dir = data_dir
+    c.data.synthetic = dict(TINY_SYNTHETIC, style_seed=None)
+    tiny_reid_sizes(c, num_ids_per_batch=2)
+    c.cluster.k1, c.cluster.k2, c.cluster.min_samples, c.cluster.eps = 6, 2, 2, 0.7
+    c.optim.epochs = 2
+    c.optim.iters_per_epoch = 3
+    c.eval.every_epochs = 1
+    c.eval.batch_size = 32
+    c.log_every_steps = 1
+    c.checkpoint_every_steps = 1
     c.keep_checkpoints = 100
     return apply_overrides(c, overrides)
 

@@ -16,7 +16,7 @@ def test_load_config_is_the_command_lines_config():
 
 def test_load_config_names_what_exists():
     with pytest.raises(FileNotFoundError, match=r"configs/finetun\.py does not exist.*"
-                                                r"\['evaluate', 'finetune', 'pretrain'\]"):
+                                                r"\['evaluate', 'finetune', 'pretrain', 'usl'\]"):
         load_config("finetun")
     with pytest.raises(ValueError, match="configs/finetune.py: unknown config argument 'epochs=3'"):
         load_config("finetune", "epochs=3")

@@ -16,6 +16,7 @@ its own slice of every global batch.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence, Union
 
 import grain
@@ -91,9 +92,14 @@ def concat_unlabeled(splits: Sequence[Split], what: str) -> Split:
 
 class PKSampler:
     """Deterministic P x K sampling: P distinct ids, K images each (with replacement only for
-    ids that have fewer than K images). Batch layout: [id_0 x K, id_1 x K, ...]."""
+    ids that have fewer than K images). Batch layout: [id_0 x K, id_1 x K, ...].
 
-    def __init__(self, pids: np.ndarray, num_ids_per_batch: int, num_instances: int, seed: int):
+    With `camids` (Cluster Contrast's RandomMultipleGallerySampler, for pseudo identities):
+    one anchor image per id, then K - 1 of the id's images from OTHER cameras than the
+    anchor's (from its other images when it has none there; with replacement when too few)."""
+
+    def __init__(self, pids: np.ndarray, num_ids_per_batch: int, num_instances: int, seed: int,
+                 camids: Optional[np.ndarray] = None):
         self.ids, inverse = np.unique(np.asarray(pids), return_inverse=True)
         if num_ids_per_batch > len(self.ids):
             raise ValueError(f"P x K sampling needs P={num_ids_per_batch} distinct ids per batch "
@@ -102,6 +108,7 @@ class PKSampler:
         bounds = np.cumsum(np.bincount(inverse, minlength=len(self.ids)))[:-1]
         self.index_by_id = np.split(order, bounds)  # record indices of each id, ascending
         self.p, self.k, self.seed = num_ids_per_batch, num_instances, seed
+        self.camids = None if camids is None else np.asarray(camids)
 
     @property
     def batch_size(self) -> int:
@@ -111,9 +118,19 @@ class PKSampler:
         """Record indices [P * K] of the global batch of train step `step`."""
         rng = np.random.default_rng([self.seed, step])
         chosen = rng.choice(len(self.ids), self.p, replace=False)
+        if self.camids is not None:
+            return np.concatenate([self._cross_camera(self.index_by_id[i], rng) for i in chosen])
         return np.concatenate([
             rng.choice(self.index_by_id[i], self.k, replace=len(self.index_by_id[i]) < self.k)
             for i in chosen])
+
+    def _cross_camera(self, index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        anchor = rng.choice(index)
+        pool = index[self.camids[index] != self.camids[anchor]]
+        if not len(pool):
+            pool = index[index != anchor] if len(index) > 1 else index
+        rest = rng.choice(pool, self.k - 1, replace=len(pool) < self.k - 1)
+        return np.concatenate([[anchor], rest])
 
 
 def process_slice(global_size: int, process_index: int, process_count: int) -> slice:
@@ -160,12 +177,15 @@ def _iter(ds: grain.MapDataset, num_workers: int, prefetch: int) -> grain.IterDa
 
 
 def train_iterator(split: Split, data_cfg, num_steps: int, seed: int, process_index: int = 0,
-                   process_count: int = 1) -> grain.IterDataset:
-    """Iterable over the local parts of the batches of steps 0..num_steps-1; its iterator's
-    state goes into checkpoints (grain.checkpoint.CheckpointSave)."""
-    sampler = PKSampler(split.pids, data_cfg.num_ids_per_batch, data_cfg.num_instances, seed)
+                   process_count: int = 1, first_step: int = 0, cross_camera: bool = False
+                   ) -> grain.IterDataset:
+    """Iterable over the local parts of the batches of steps first_step..num_steps-1; its
+    iterator's state goes into checkpoints (grain.checkpoint.CheckpointSave). `cross_camera`:
+    K - 1 images of each id from other cameras than its anchor's (see PKSampler)."""
+    sampler = PKSampler(split.pids, data_cfg.num_ids_per_batch, data_cfg.num_instances, seed,
+                        camids=split.camids if cross_camera else None)
     local = process_slice(sampler.batch_size, process_index, process_count)
-    ds = grain.MapDataset.range(num_steps).map(
+    ds = grain.MapDataset.range(first_step, num_steps).map(
         TrainBatchLoader(split, sampler, data_cfg, seed, local))
     return _iter(ds, data_cfg.num_workers, data_cfg.prefetch)
 
@@ -275,6 +295,27 @@ class _Rows:
         return self.source[int(self.index[i])]
 
 
+def select_rows(split: Split, index: np.ndarray, pids: np.ndarray) -> Split:
+    """Rows `index` of `split` (records read lazily) with identities `pids` [len(index)]."""
+    index = np.asarray(index)
+    return Split(split.name, [split.paths[i] for i in index], np.asarray(pids, np.int32),
+                 split.camids[index],
+                 records=None if split.records is None else _Rows(split.records, index),
+                 has_camera_ids=split.has_camera_ids)
+
+
+def without_labels(split: Split) -> Split:
+    """`split` with every identity -1 (label-free training reads this, never the labels)."""
+    return dataclasses.replace(split, pids=np.full(len(split), -1, np.int32))
+
+
+def pseudo_labelled(split: Split, labels_n: np.ndarray) -> Split:
+    """The images of `split` that a clustering assigned (labels_n >= 0), with their cluster
+    ids as identities (outliers, -1, left out)."""
+    index = np.flatnonzero(np.asarray(labels_n) >= 0)
+    return select_rows(split, index, np.asarray(labels_n)[index])
+
+
 def subset_identities(split: Split, fraction: float, seed: int) -> Split:
     """The images of round(fraction x identities) identities of `split`, drawn from `seed`,
     their pids relabelled 0..C'-1 (a train split with fewer labels; 1.0 = `split` itself)."""
@@ -286,7 +327,4 @@ def subset_identities(split: Split, fraction: float, seed: int) -> Split:
     keep_n = max(2, int(round(fraction * len(ids))))  # the triplet needs two identities
     kept = np.sort(np.random.default_rng([seed, 7]).choice(ids, keep_n, replace=False))
     index = np.flatnonzero(np.isin(split.pids, kept))
-    return Split(split.name, [split.paths[i] for i in index],
-                 layouts.relabel_pids(split.pids[index]), split.camids[index],
-                 records=None if split.records is None else _Rows(split.records, index),
-                 has_camera_ids=split.has_camera_ids)
+    return select_rows(split, index, layouts.relabel_pids(split.pids[index]))

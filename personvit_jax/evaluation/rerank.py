@@ -19,13 +19,17 @@ divides each row by its maximum) and V, which has ~k1 non-zeros per row. So here
 
 Distances are the evaluation's: squared Euclidean (as the published code) or 1 - cosine. Ties
 among neighbours are ordered by index. Memory: O(N * (k1 + k2 * k1)) plus one [block, N] slab.
+
+`jaccard_graph` is the same encoding among the N items of one set, in the variant clustering
+uses (Cluster Contrast's compute_jaccard_distance), kept sparse: only the pairs close enough
+for DBSCAN are stored.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -103,12 +107,16 @@ def reciprocal_mask(lists_nk: np.ndarray, block: int = 8192) -> np.ndarray:
     return out
 
 
-def expanded_sets(knn_nk: np.ndarray, k1: int, block: int = 4096) -> tuple[np.ndarray, ...]:
+def expanded_sets(knn_nk: np.ndarray, k1: int, block: int = 4096,
+                  full_len: Optional[int] = None) -> tuple[np.ndarray, ...]:
     """Expanded k-reciprocal sets as (row [P], column [P]) pairs, sorted by row then column.
 
-    knn_nk: [N, >= k1 + 1] nearest neighbours (self first)."""
+    knn_nk: [N, >= full_len] nearest neighbours (self first). The k-reciprocal lists hold
+    `full_len` items (default k1 + 1: self and k1 neighbours, as the re-ranking code; the
+    clustering code's Jaccard distance uses k1, self included), the expansion lists
+    round(k1 / 2) + 1."""
     n = len(knn_nk)
-    full = knn_nk[:, :k1 + 1]
+    full = knn_nk[:, :k1 + 1 if full_len is None else full_len]
     half = knn_nk[:, :int(np.around(k1 / 2)) + 1]  # numpy rounding, as the published code
     recip = reciprocal_mask(full)  # R(i) = full[i][recip[i]]
     recip_half = reciprocal_mask(half)  # R*(j) = half[j][recip_half[j]]
@@ -154,6 +162,78 @@ def pair_distances(feats_nd: np.ndarray, rows: np.ndarray, cols: np.ndarray, met
     return out
 
 
+def encoding(feats_nd: np.ndarray, knn_nk: np.ndarray, weights_p: Callable, k1: int, k2: int,
+             full_len: Optional[int] = None) -> sp.csr_matrix:
+    """The k-reciprocal encoding V [N, N] (sparse, ~k2 x k1 non-zeros per row): weights
+    `weights_p(rows [P], cols [P]) -> [P]` over each expanded set, normalised to sum 1 per
+    row, then local query expansion (mean of V over the k2 nearest neighbours, self first)."""
+    n = len(feats_nd)
+    rows, cols = expanded_sets(knn_nk, k1, full_len=full_len)
+    w = weights_p(rows, cols)
+    w /= np.bincount(rows, weights=w, minlength=n)[rows]
+    v = sp.csr_matrix((w.astype(np.float32), (rows, cols)), shape=(n, n))
+    if k2 > 1:
+        qe = sp.csr_matrix((np.full(n * k2, 1.0 / k2, np.float32),
+                            (np.repeat(np.arange(n), k2), knn_nk[:, :k2].ravel())), shape=(n, n))
+        v = (qe @ v).tocsr()
+    return v
+
+
+def jaccard_block(v_rows: sp.csr_matrix, v_by_col: sp.csc_matrix) -> np.ndarray:
+    """[c, M] Jaccard distances 1 - s / (2 - s), s = sum_k min(V_a[i, k], V_b[j, k]), of the
+    encodings `v_rows` [c, N] to every row of `v_by_col` [M, N] (CSC: column k -> the rows
+    that use it, an inverted index). s = 0 (no shared neighbour) gives distance 1."""
+    sub = v_rows.tocoo()
+    num_b = v_by_col.shape[0]
+    starts, ends = v_by_col.indptr[sub.col], v_by_col.indptr[sub.col + 1]
+    lengths = ends - starts
+    pos = _ragged_arange(starts, lengths)
+    a_rows = np.repeat(sub.row, lengths)
+    mins = np.minimum(np.repeat(sub.data, lengths), v_by_col.data[pos])
+    s = np.bincount(a_rows * num_b + v_by_col.indices[pos], weights=mins,
+                    minlength=v_rows.shape[0] * num_b).reshape(v_rows.shape[0], num_b)
+    return (1.0 - s / (2.0 - s)).astype(np.float32)
+
+
+def jaccard_graph(feats_nd: np.ndarray, k1: int = 30, k2: int = 6, max_distance: float = 0.6,
+                  block: int = BLOCK, log=None) -> sp.csr_matrix:
+    """Sparse [N, N] k-reciprocal Jaccard distances among N items, for clustering (Cluster
+    Contrast / SpCL's compute_jaccard_distance): features L2-normalised, neighbours by
+    Euclidean distance, k-reciprocal lists of k1 items (self included), V = softmax of
+    -|f_i - f_j|^2 over each expanded set, query expansion over k2 neighbours.
+
+    Only pairs at distance <= `max_distance` are stored (DBSCAN with eps <= max_distance
+    needs no other), every diagonal entry included as an explicit 0 (sparse matrices drop
+    neither), so no N x N array is ever held: memory is O(N * k2 * k1) for V plus one
+    [block, N] slab of distances at a time.
+    """
+    k1, k2 = int(k1), int(k2)
+    feats = l2_normalize(feats_nd)
+    n = len(feats)
+    if not 2 <= k1 <= n or not 1 <= k2 <= k1:
+        raise ValueError(f"Jaccard distance k1={k1}, k2={k2} among {n} items: need "
+                         f"2 <= k1 <= {n} and 1 <= k2 <= k1")
+    if not 0.0 <= max_distance < 1.0:
+        raise ValueError(f"max_distance={max_distance}: expected 0 <= max_distance < 1")
+    knn, _ = neighbours_and_row_max(feats, "euclidean", k1, block=block, log=log)
+    # Softmax over the expanded set: exp(-d) normalised (d <= 4 for unit vectors: no overflow).
+    v = encoding(feats, knn, lambda r, c: np.exp(-pair_distances(feats, r, c, "euclidean")),
+                 k1, k2, full_len=k1)
+    v_by_col = v.tocsc()
+    rows, cols, vals = [], [], []
+    for s in range(0, n, block):
+        d = jaccard_block(v[s:s + block], v_by_col)
+        d[np.arange(len(d)), np.arange(s, s + len(d))] = 0.0  # exactly 0 (rounding aside)
+        r, c, x = nonzero_below(np.maximum(d, 0.0), np.full(len(d), max_distance, np.float32))
+        rows.append(r + s)
+        cols.append(c)
+        vals.append(x)
+    rows, cols, vals = (np.concatenate(a) for a in (rows, cols, vals))
+    graph = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+    graph.sort_indices()
+    return graph
+
+
 class ReRanker:
     """k-reciprocal re-ranked query -> gallery distances, one block of queries at a time.
 
@@ -174,17 +254,10 @@ class ReRanker:
         if k1 + 1 > len(feats):
             raise ValueError(f"re-ranking k1={k1} needs more than {k1} items, got {len(feats)}")
         self.metric, self.lam, self.feats = metric, float(lambda_value), feats
-        n = len(feats)
         knn, self.row_max = neighbours_and_row_max(feats, metric, k1 + 1, log=log)
         self.row_max = np.maximum(self.row_max, np.finfo(np.float32).tiny)
-        rows, cols = expanded_sets(knn, k1)
-        w = np.exp(-pair_distances(feats, rows, cols, metric) / self.row_max[rows])
-        w /= np.bincount(rows, weights=w, minlength=n)[rows]
-        v = sp.csr_matrix((w.astype(np.float32), (rows, cols)), shape=(n, n))
-        if k2 > 1:  # local query expansion: mean of V over each item's k2 nearest neighbours
-            qe = sp.csr_matrix((np.full(n * k2, 1.0 / k2, np.float32),
-                                (np.repeat(np.arange(n), k2), knn[:, :k2].ravel())), shape=(n, n))
-            v = (qe @ v).tocsr()
+        v = encoding(feats, knn, lambda r, c: np.exp(
+            -pair_distances(feats, r, c, metric) / self.row_max[r]), k1, k2)
         self.v_query = v[:self.num_q]
         self.v_gallery_by_col = v[self.num_q:].tocsc()  # column k -> gallery rows using it
         self.nnz = int(v.nnz)
@@ -193,16 +266,7 @@ class ReRanker:
 
     def jaccard_rows(self, idx: np.ndarray) -> np.ndarray:
         """[c, G] Jaccard distances of queries `idx` to the gallery."""
-        sub = self.v_query[idx].tocoo()
-        csc = self.v_gallery_by_col
-        starts, ends = csc.indptr[sub.col], csc.indptr[sub.col + 1]
-        lengths = ends - starts
-        pos = _ragged_arange(starts, lengths)
-        q_rows = np.repeat(sub.row, lengths)
-        mins = np.minimum(np.repeat(sub.data, lengths), csc.data[pos])
-        s = np.bincount(q_rows * self.num_g + csc.indices[pos], weights=mins,
-                        minlength=len(idx) * self.num_g).reshape(len(idx), self.num_g)
-        return (1.0 - s / (2.0 - s)).astype(np.float32)
+        return jaccard_block(self.v_query[idx], self.v_gallery_by_col)
 
     def distance_rows(self, idx: np.ndarray, original: Optional[np.ndarray] = None) -> np.ndarray:
         """[c, G] final distances of queries `idx` (original [c, G] may be passed if known)."""

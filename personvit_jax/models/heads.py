@@ -15,6 +15,7 @@ class BNNeck(nn.Module):
 
     Returns (feat_bn [B, D], logits [B, C]). The pre-BN feature feeds the triplet loss, the
     post-BN one the ID loss (Luo et al., "Bag of Tricks"). PyTorch momentum 0.1 == Flax 0.9.
+    num_classes = 0: no classifier (label-free training), logits [B, 0].
     """
 
     num_classes: int
@@ -23,6 +24,8 @@ class BNNeck(nn.Module):
     def __call__(self, feat_bd: jax.Array, train: bool = False):
         feat_bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                use_bias=False, name="bottleneck")(feat_bd.astype(jnp.float32))
+        if not self.num_classes:
+            return feat_bn, jnp.zeros((feat_bn.shape[0], 0), jnp.float32)
         logits = nn.Dense(self.num_classes, use_bias=False, name="classifier",
                           kernel_init=nn.initializers.normal(stddev=0.001))(feat_bn)
         return feat_bn, logits

@@ -108,20 +108,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                       max_to_keep=config.keep_checkpoints,
                                       save_interval_steps=config.checkpoint_every_steps)
 
-    def load_init(state):  # the backbone of config.init_from; BNNeck and classifier fresh
-        source = inference.init_source(config.init_from)
-        params = init_from.merge_backbone(jax.device_get(state["params"]), source.backbone,
-                                          config.model.pos_grid, config.init_from,
-                                          source.pos_grid, log=logging.info)
-        logging.info("init_from: BNNeck and ID classifier start fresh for the %d ids of %s%s",
-                     num_classes, config.data.name,
-                     f" (the checkpoint's classifier had {source.num_classes} ids; not loaded)"
-                     if source.num_classes else "")
-        return jax.device_put(dict(state, params=params, opt_state=tx.init(params)), state_sh)
-
     state = checkpointing.restore_or_initialize(
-        ckpt, state, data_iter, load_init if config.init_from else None, log=logging.info,
-        warn=logging.warning)
+        ckpt, state, data_iter, backbone_init(
+            config, tx, state_sh, f"BNNeck and ID classifier start fresh for the {num_classes} ids")
+        if config.init_from else None, log=logging.info, warn=logging.warning)
 
     # ------------------------------------------------------------------ train loop
     logger = MetricLogger(workdir, total_steps, batch_size)
@@ -137,6 +127,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ------------------------------------------------------------------ final evaluation
     return loop.finish(state, step, eval_fn=run_eval, eval_prefix="eval", logger=logger,
                        ckpt=ckpt, workdir=workdir, results={"dataset": config.data.name})
+
+
+def backbone_init(config, tx, state_sh, fresh: str):
+    """state -> state with the backbone of config.init_from (a pretrain run's teacher, or a
+    ReID run's backbone) and a fresh optimizer state; the BNNeck (and any classifier) stay as
+    initialised, which the log says in `fresh`."""
+
+    def load(state):
+        source = inference.init_source(config.init_from)
+        params = init_from.merge_backbone(jax.device_get(state["params"]), source.backbone,
+                                          config.model.pos_grid, config.init_from,
+                                          source.pos_grid, log=logging.info)
+        logging.info("init_from: %s of %s%s", fresh, config.data.name,
+                     f" (the checkpoint's classifier had {source.num_classes} ids; not loaded)"
+                     if source.num_classes else "")
+        return jax.device_put(dict(state, params=params, opt_state=tx.init(params)), state_sh)
+
+    return load
 
 
 def make_train_step(model, tx, lr_schedule, config):

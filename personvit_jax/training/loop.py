@@ -129,7 +129,7 @@ def stop_on_failed_write(ckpt: Checkpointer, logger: MetricLogger):
 def run(state: dict, data_iter, train_step: Callable, *, mesh: Mesh, ckpt: Checkpointer,
         logger: MetricLogger, total_steps: int, log_every: int, eval_every: int,
         eval_fn: Callable[[dict], dict[str, Any]], eval_prefix: str,
-        nonfinite: str = "stop") -> tuple[dict, int, bool]:
+        nonfinite: str = "stop", checkpoint_data: bool = True) -> tuple[dict, int, bool]:
     """Trains from state["step"] to `total_steps`; returns (state, last step, preempted).
 
     Metrics are averaged over each logging interval (kept on device in between, so no host
@@ -138,6 +138,8 @@ def run(state: dict, data_iter, train_step: Callable, *, mesh: Mesh, ckpt: Check
     checked before every save, log and evaluation, so a checkpoint never follows a bad step in
     'stop' mode. `eval_fn(state)` runs every `eval_every` steps (0 = never) except at the end,
     which the stage evaluates itself. On SIGTERM: save at the next step, return preempted=True.
+    checkpoint_data=False: the iterator position is not saved (a stage whose batches follow
+    from the saved state alone, e.g. usl's, rebuilds its iterator at state["step"]).
     """
     step = first_step = int(state["step"])
     metric_sum, metric_count = None, 0
@@ -167,7 +169,7 @@ def run(state: dict, data_iter, train_step: Callable, *, mesh: Mesh, ckpt: Check
             if log_now:
                 logger.write(step, _interval_means(metric_sum, metric_count))
                 metric_sum, metric_count = None, 0
-            ckpt.save(step, state, data_iter, force=force)
+            ckpt.save(step, state, data_iter if checkpoint_data else None, force=force)
             if preempted:
                 ckpt.wait_until_finished()
                 logging.warning("preempted: checkpoint of step %d saved in %s; rerun the same "

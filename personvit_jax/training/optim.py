@@ -31,8 +31,14 @@ def warmup_cosine(t, *, base: float, total: float, warmup: float, warmup_start: 
 
 def finetune_lr_schedule(optim_cfg, steps_per_epoch: int) -> optax.Schedule:
     """TransReID/PersonViT LR: timm cosine with warm-up, stepped once per epoch with the 1-based
-    epoch (TransReID calls scheduler.step(epoch) for epoch = 1..E), or smoothly per step."""
+    epoch (TransReID calls scheduler.step(epoch) for epoch = 1..E), or smoothly per step.
+    optim.schedule='step' (Cluster Contrast's StepLR, the usl stage): base_lr x
+    step_gamma ** (epoch // step_epochs), 0-based epochs, no warm-up."""
     o = optim_cfg
+
+    def step_decay(count):
+        epoch = jnp.floor(count / steps_per_epoch)
+        return o.base_lr * o.step_gamma ** jnp.floor(epoch / o.step_epochs)
 
     def schedule(count):
         if o.per_epoch_schedule:
@@ -43,7 +49,7 @@ def finetune_lr_schedule(optim_cfg, steps_per_epoch: int) -> optax.Schedule:
                              warmup_start=o.warmup_factor * o.base_lr,
                              final=o.final_lr_factor * o.base_lr)
 
-    return schedule
+    return step_decay if o.get("schedule", "cosine") == "step" else schedule
 
 
 def is_bias(path) -> bool:

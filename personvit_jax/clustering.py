@@ -1,0 +1,89 @@
+"""Pseudo identities for label-free ReID (Cluster Contrast, Dai et al., arXiv 2103.11568, as
+TransReID-SSL fine-tunes self-supervised ViTs with it): DBSCAN on k-reciprocal Jaccard
+distances, a memory of one L2-normalised centre per cluster, its momentum update, and the
+clustering's quality against hidden labels (monitoring only).
+
+DBSCAN is scikit-learn's, on the sparse precomputed Jaccard graph of
+`evaluation.rerank.jaccard_graph`: the algorithm and implementation the published recipe
+runs (on a dense N x N matrix there), with memory O(edges) instead of O(N^2).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+# ---------------------------------------------------------------------------- host side
+def dbscan(graph, eps: float, min_samples: int) -> np.ndarray:
+    """Cluster ids [N] int32 (0..C-1, -1 = outlier) of DBSCAN on a sparse precomputed distance
+    graph holding every pair at distance <= eps (and the diagonal)."""
+    from sklearn.cluster import DBSCAN  # imported where used: only the usl stage needs it
+
+    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)
+    return labels.astype(np.int32)
+
+
+def cluster_centres(feats_nd: np.ndarray, labels_n: np.ndarray, capacity: int) -> np.ndarray:
+    """[capacity, D] float32: row c = the L2-normalised mean feature of cluster c (rows past
+    the last cluster are 0; outliers, label -1, are ignored)."""
+    feats = np.asarray(feats_nd, np.float64)
+    keep = labels_n >= 0
+    sums = np.zeros((capacity, feats.shape[1]))
+    np.add.at(sums, labels_n[keep], feats[keep])
+    counts = np.bincount(labels_n[keep], minlength=capacity)[:capacity]
+    means = sums / np.maximum(counts, 1)[:, None]
+    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+            ).astype(np.float32)
+
+
+def quality(pseudo_n: np.ndarray, hidden_n: np.ndarray) -> dict[str, float]:
+    """Clustering statistics; `hidden_n` (the true identities) is read here and nowhere in
+    training. purity: fraction of the clustered images whose identity is their cluster's
+    majority one; nmi: normalised mutual information of clusters and identities over the
+    clustered images; outlier_fraction over all images."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    pseudo_n, hidden_n = np.asarray(pseudo_n), np.asarray(hidden_n)
+    keep = pseudo_n >= 0
+    num = int(pseudo_n.max()) + 1 if keep.any() else 0
+    out = {"clusters": float(num), "outliers": float((~keep).sum()),
+           "outlier_fraction": float((~keep).mean()) if len(pseudo_n) else 0.0}
+    if keep.any():
+        _, ids = np.unique(hidden_n[keep], return_inverse=True)
+        table = np.zeros((num, ids.max() + 1), np.int64)
+        np.add.at(table, (pseudo_n[keep], ids), 1)
+        out["purity"] = float(table.max(1).sum() / keep.sum())
+        out["nmi"] = float(normalized_mutual_info_score(hidden_n[keep], pseudo_n[keep]))
+    return out
+
+
+# ---------------------------------------------------------------------------- in the step
+def update_memory(memory_cd: jax.Array, feats_bd: jax.Array, labels_b: jax.Array,
+                  momentum: float, group: int, hard: bool) -> jax.Array:
+    """Momentum update of the cluster memory [C, D] with a batch's L2-normalised features
+    [B, D] (no gradient), after the loss used the old memory.
+
+    hard (Cluster Contrast's CM_Hard, TransReID-SSL's --use-hard): per cluster of the batch
+    (P x K layout, `group` = K consecutive rows per cluster) the instance least similar to its
+    centre moves the centre; else each instance in turn (CM). Centres are renormalised.
+    """
+    f = jax.lax.stop_gradient(feats_bd.astype(jnp.float32))
+
+    def moved(centre, x):
+        c = momentum * centre + (1.0 - momentum) * x
+        return c / jnp.maximum(jnp.linalg.norm(c, axis=-1, keepdims=True), 1e-12)
+
+    if hard:
+        b, d = f.shape
+        f_pkd = f.reshape(b // group, group, d)
+        ids_p = labels_b.reshape(b // group, group)[:, 0]
+        sims_pk = jnp.einsum("pkd,pd->pk", f_pkd, memory_cd[ids_p])
+        hardest = f_pkd[jnp.arange(b // group), jnp.argmin(sims_pk, axis=1)]
+        return memory_cd.at[ids_p].set(moved(memory_cd[ids_p], hardest))
+
+    def one(i, mem):
+        return mem.at[labels_b[i]].set(moved(mem[labels_b[i]], f[i]))
+
+    return jax.lax.fori_loop(0, f.shape[0], one, memory_cd)
