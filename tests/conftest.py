@@ -237,3 +237,15 @@ def tiny_usl_config(data_dir, **overrides):
 @pytest.fixture
 def tiny_pt_config(tiny_data_dir):
     return lambda **kw: tiny_pretrain_config(tiny_data_dir, **kw)
+
+
+@pytest.fixture(scope="session")
+def pretrain_reference(tiny_data_dir, tmp_path_factory):
+    """The workdir of one uninterrupted tiny_pretrain_config() run (2 epochs, a checkpoint every
+    2 steps, all kept), which the resumed and killed runs of the tests must reproduce bit for
+    bit: run once per session (per xdist worker). Read only: tests copy from it."""
+    from personvit_jax.stages import pretrain
+
+    workdir = tmp_path_factory.mktemp("pretrain_reference")
+    pretrain.train(tiny_pretrain_config(tiny_data_dir), str(workdir))
+    return workdir

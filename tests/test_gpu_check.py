@@ -1,6 +1,10 @@
 """benchmarks/gpu/run.sh, the one-command GPU check, dry-run with --cpu: every part runs (tiny
 models, one step) and writes the JSON the README says it does. Figures are not checked (speed
-on a CPU means nothing here); that each file exists, parses and describes the right run is."""
+on a CPU means nothing here); that each file exists, parses and describes the right run is.
+
+The dry run is also the end-to-end test of benchmarks/train_step.py (both stages, with and
+without --remat, on a one-block ViT) and benchmarks/input_pipeline.py (both pipelines, no
+workers): tests/test_benchmarks.py covers the other benchmark scripts."""
 
 import json
 import os
@@ -51,10 +55,14 @@ def test_gpu_check_dry_run_writes_every_part_as_json(tmp_path):
         (t,) = rows[part]
         assert (t["stage"], t["model"], t["remat"]) == (stage, model, remat)
         assert t["img_per_s"] > 0 and t["flops_per_step"] > 0 and t["backend"] == "cpu"
+        assert 0 < t["fraction_of_matmul_peak"] and t["batch"] == (8 if stage == "finetune" else 2)
+        # uint8 views + drawn colour parameters: the colour augmentation runs in the timed step
+        assert t["image_size"] == ("64x32" if stage == "finetune" else "2x64x32+2x32x16")
     (ft,) = rows["finetune_e2e"]
     assert 0 <= ft["mAP"] <= 1 and ft["img_per_s"] > 0 and ft["steps"] > 0
-    assert [(p["pipeline"], p["num_workers"]) for p in rows["input_pipeline"]] == [
-        ("finetune", 0), ("pretrain", 0)]
+    assert [(p["pipeline"], p["num_workers"], p["batch"]) for p in rows["input_pipeline"]] == [
+        ("finetune", 0, 8), ("pretrain", 0, 8)]
+    assert all(p["img_per_s"] > 0 for p in rows["input_pipeline"])
 
     tagged = _rows(out / "results.jsonl")
     assert len(tagged) == sum(map(len, rows.values())) + len(status)

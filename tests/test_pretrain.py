@@ -89,6 +89,7 @@ def test_no_dataset_stops_at_once_naming_the_path(tmp_path, monkeypatch):
 
 
 def test_pretrain_eight_devices_equal_one(tiny_pt_config, tmp_path):
+    # One epoch: over more steps, float noise in near-zero gradients outgrows the tolerances.
     for n in (1, 8):
         pretrain.train(tiny_pt_config(**{"mesh.data": n, "optim.epochs": 1}), str(tmp_path / f"d{n}"))
     a, b = load_state_tree(tmp_path / "d1"), load_state_tree(tmp_path / "d8")
@@ -101,10 +102,10 @@ def test_pretrain_eight_devices_equal_one(tiny_pt_config, tmp_path):
     assert_trees(a["student"], b["student"], atol=2e-4)
 
 
-def test_resume_from_mid_run_checkpoint_is_bit_exact(tiny_pt_config, tmp_path):
+def test_resume_from_mid_run_checkpoint_is_bit_exact(tiny_pt_config, tmp_path,
+                                                     pretrain_reference):
     cfg = tiny_pt_config()
-    full = tmp_path / "full"
-    pretrain.train(cfg, str(full))
+    full = pretrain_reference  # the uninterrupted run of `cfg`
     steps = sorted(int(s) for s in os.listdir(full / "checkpoints") if s.isdigit())
     mid = steps[len(steps) // 2]
     assert 0 < mid < steps[-1]
@@ -115,9 +116,8 @@ def test_resume_from_mid_run_checkpoint_is_bit_exact(tiny_pt_config, tmp_path):
     assert_trees(load_state_tree(full), load_state_tree(part))
 
 
-def test_handoff_finetune_loads_teacher_backbone(tiny_pt_config, tmp_path):
-    src = tmp_path / "pt"
-    pretrain.train(tiny_pt_config(**{"optim.epochs": 1}), str(src))
+def test_handoff_finetune_loads_teacher_backbone(tiny_pt_config, tmp_path, pretrain_reference):
+    src = pretrain_reference
     pt = load_state_tree(src)
     assert not np.allclose(pt["teacher"]["backbone"]["pos_embed"],
                            pt["student"]["backbone"]["pos_embed"])
@@ -131,9 +131,9 @@ def test_handoff_finetune_loads_teacher_backbone(tiny_pt_config, tmp_path):
     assert_trees(backbone, teacher)
 
 
-def test_init_from_pretrain_run_continues_with_its_teacher_head(tiny_pt_config, tmp_path):
-    src = tmp_path / "src"
-    pretrain.train(tiny_pt_config(**{"optim.epochs": 1}), str(src))
+def test_init_from_pretrain_run_continues_with_its_teacher_head(tiny_pt_config, tmp_path,
+                                                                pretrain_reference):
+    src = pretrain_reference
     dst = tmp_path / "dst"
     pretrain.train(tiny_pt_config(**{"optim.epochs": 1, "init_from": str(src),
                                      "optim.base_lr": 0.0, "optim.min_lr": 0.0}), str(dst))
