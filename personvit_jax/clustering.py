@@ -10,6 +10,8 @@ runs (on a dense N x N matrix there), with memory O(edges) instead of O(N^2).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,19 +40,20 @@ def cluster_centres(feats_nd: np.ndarray, labels_n: np.ndarray, capacity: int) -
             ).astype(np.float32)
 
 
-def quality(pseudo_n: np.ndarray, hidden_n: np.ndarray) -> dict[str, float]:
-    """Clustering statistics; `hidden_n` (the true identities) is read here and nowhere in
-    training. purity: fraction of the clustered images whose identity is their cluster's
-    majority one; nmi: normalised mutual information of clusters and identities over the
-    clustered images; outlier_fraction over all images."""
+def quality(pseudo_n: np.ndarray, hidden_n: Optional[np.ndarray] = None) -> dict[str, float]:
+    """Clustering statistics; `hidden_n` (the true identities, None for data without them) is
+    read here and nowhere in training. purity: fraction of the clustered images whose identity
+    is their cluster's majority one; nmi: normalised mutual information of clusters and
+    identities over the clustered images; outlier_fraction over all images."""
     from sklearn.metrics import normalized_mutual_info_score
 
-    pseudo_n, hidden_n = np.asarray(pseudo_n), np.asarray(hidden_n)
+    pseudo_n = np.asarray(pseudo_n)
     keep = pseudo_n >= 0
     num = int(pseudo_n.max()) + 1 if keep.any() else 0
     out = {"clusters": float(num), "outliers": float((~keep).sum()),
            "outlier_fraction": float((~keep).mean()) if len(pseudo_n) else 0.0}
-    if keep.any():
+    if keep.any() and hidden_n is not None:
+        hidden_n = np.asarray(hidden_n)
         _, ids = np.unique(hidden_n[keep], return_inverse=True)
         table = np.zeros((num, ids.max() + 1), np.int64)
         np.add.at(table, (pseudo_n[keep], ids), 1)

@@ -162,12 +162,12 @@ def pair_distances(feats_nd: np.ndarray, rows: np.ndarray, cols: np.ndarray, met
     return out
 
 
-def encoding(feats_nd: np.ndarray, knn_nk: np.ndarray, weights_p: Callable, k1: int, k2: int,
+def encoding(knn_nk: np.ndarray, weights_p: Callable, k1: int, k2: int,
              full_len: Optional[int] = None) -> sp.csr_matrix:
     """The k-reciprocal encoding V [N, N] (sparse, ~k2 x k1 non-zeros per row): weights
     `weights_p(rows [P], cols [P]) -> [P]` over each expanded set, normalised to sum 1 per
     row, then local query expansion (mean of V over the k2 nearest neighbours, self first)."""
-    n = len(feats_nd)
+    n = len(knn_nk)
     rows, cols = expanded_sets(knn_nk, k1, full_len=full_len)
     w = weights_p(rows, cols)
     w /= np.bincount(rows, weights=w, minlength=n)[rows]
@@ -217,8 +217,8 @@ def jaccard_graph(feats_nd: np.ndarray, k1: int = 30, k2: int = 6, max_distance:
         raise ValueError(f"max_distance={max_distance}: expected 0 <= max_distance < 1")
     knn, _ = neighbours_and_row_max(feats, "euclidean", k1, block=block, log=log)
     # Softmax over the expanded set: exp(-d) normalised (d <= 4 for unit vectors: no overflow).
-    v = encoding(feats, knn, lambda r, c: np.exp(-pair_distances(feats, r, c, "euclidean")),
-                 k1, k2, full_len=k1)
+    v = encoding(knn, lambda r, c: np.exp(-pair_distances(feats, r, c, "euclidean")), k1, k2,
+                 full_len=k1)
     v_by_col = v.tocsc()
     rows, cols, vals = [], [], []
     for s in range(0, n, block):
@@ -256,7 +256,7 @@ class ReRanker:
         self.metric, self.lam, self.feats = metric, float(lambda_value), feats
         knn, self.row_max = neighbours_and_row_max(feats, metric, k1 + 1, log=log)
         self.row_max = np.maximum(self.row_max, np.finfo(np.float32).tiny)
-        v = encoding(feats, knn, lambda r, c: np.exp(
+        v = encoding(knn, lambda r, c: np.exp(
             -pair_distances(feats, r, c, metric) / self.row_max[r]), k1, k2)
         self.v_query = v[:self.num_q]
         self.v_gallery_by_col = v[self.num_q:].tocsc()  # column k -> gallery rows using it

@@ -183,9 +183,7 @@ def pseudo_labels(feats_nd: np.ndarray, cluster_cfg, hidden_n: np.ndarray | None
     graph = jaccard_graph(feats_nd, c.k1, c.k2, max_distance=c.eps, log=log)
     labels = clustering.dbscan(graph, c.eps, c.min_samples)
     has_ids = hidden_n is not None and len(hidden_n) and (np.asarray(hidden_n) >= 0).all()
-    stats = clustering.quality(labels, hidden_n if has_ids else np.zeros_like(labels))
-    if not has_ids:
-        stats = {k: v for k, v in stats.items() if k not in ("purity", "nmi")}
+    stats = clustering.quality(labels, hidden_n if has_ids else None)
     return labels, dict(stats, graph_edges=float(graph.nnz))
 
 
