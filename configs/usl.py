@@ -10,10 +10,16 @@ UDA: the same, from a model fine-tuned WITH labels on another dataset:
       --workdir=runs/msmt2market --config.init_from=runs/msmt_vits
 CPU-sized run on the built-in synthetic person set (from scratch, minutes on 2 cores):
   python -m personvit_jax.main --config=configs/usl.py:synthetic --workdir=runs/usl
+CPU-sized UDA: the synthetic set's second domain (other people, cameras and scenes), from the
+quick start's fine-tune (runs/synthetic, trained on the first domain):
+  python -m personvit_jax.main --config=configs/usl.py:synthetic,uda,init_from=runs/synthetic \
+      --workdir=runs/uda
 
 `arg`: `dataset=NAME` (as configs/finetune.py: its train split is used WITHOUT labels, its query
 and gallery to evaluate), `model=NAME` (vit_tiny, vit_small, vit_base), `init_from=PATH` (the
-starting model, also settable as --config.init_from) and the flag `synthetic`.
+starting model, also settable as --config.init_from) and the flags `synthetic` and `uda` (with
+`synthetic` only: the second synthetic domain as the target, the recipe's SGD for a trained
+start, camera-centred clustering).
 """
 
 import ml_collections
@@ -24,7 +30,11 @@ from personvit_jax.config_args import (add_training_bookkeeping, cpu_sized_reid,
 
 def get_config(arg=None):
     args = parse_config_arg(arg, {"dataset": "market1501", "model": "vit_small",
-                                  "init_from": "", "synthetic": False}, "configs/usl.py")
+                                  "init_from": "", "synthetic": False, "uda": False},
+                            "configs/usl.py")
+    if args["uda"] and not args["synthetic"]:
+        raise ValueError("configs/usl.py: the flag 'uda' is the synthetic second-domain preset "
+                         "('synthetic,uda'); for a real target give dataset=NAME,init_from=PATH")
     if args["synthetic"]:
         args["dataset"] = "synthetic"
     c = ml_collections.ConfigDict()
@@ -63,6 +73,9 @@ def get_config(arg=None):
     cl.min_samples = 4  # DBSCAN core-point neighbourhood (Cluster Contrast: 4)
     cl.k1 = 30  # Jaccard distance: k-reciprocal neighbourhood size
     cl.k2 = 6  # Jaccard distance: query-expansion neighbourhood size
+    # Cluster the features minus their camera's mean (clustering.centre_per_camera; not in
+    # Cluster Contrast): the centres and the training use the model's own features.
+    cl.camera_centred = False
 
     # ---------------------------------------------------------------- cluster memory
     c.memory = mem = ml_collections.ConfigDict()
@@ -138,4 +151,17 @@ def get_config(arg=None):
         e.every_epochs = 4
         c.log_every_steps = 50
         c.checkpoint_every_steps = 200
+    if args["uda"]:
+        # The target: other people (seed 1) seen by other cameras in other scenes (style_seed 1).
+        d.synthetic.seed = 1
+        d.synthetic.style_seed = 1
+        # A trained start: the recipe's SGD 3.5e-4 (AdamW 1e-3 from scratch wrecks it).
+        o.name, o.base_lr, o.weight_decay, o.weight_decay_bias = "sgd", 3.5e-4, 5e-4, 5e-4
+        # The source's features group one person's images per camera (half of the first
+        # clusters hold a single camera; 7% camera-centred): cluster them camera-centred, with
+        # neighbourhoods the size of these identities (4-8 images; Market's k1 30 is for ~17).
+        cl.camera_centred = True
+        cl.k1, cl.k2 = 6, 3
+        o.epochs = 8
+        e.every_epochs = 2
     return c

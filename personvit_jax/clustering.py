@@ -27,6 +27,23 @@ def dbscan(graph, eps: float, min_samples: int) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+def centre_per_camera(feats_nd: np.ndarray, camids_n: np.ndarray) -> np.ndarray:
+    """[N, D] float32: each feature minus the mean feature of its camera, L2-normalised.
+
+    Features of an unadapted model carry their camera's style (scene, white balance), so
+    DBSCAN groups one person's images per camera and keeps cameras apart; Market-protocol
+    retrieval is cross-camera only. Removing each camera's mean before the Jaccard graph (camera
+    ids come with every ReID image, no identity is read) gives clusters that span cameras."""
+    feats = np.asarray(feats_nd, np.float64)
+    camids_n = np.asarray(camids_n)
+    out = np.empty_like(feats)
+    for cam in np.unique(camids_n):
+        rows = camids_n == cam
+        out[rows] = feats[rows] - feats[rows].mean(0)
+    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            ).astype(np.float32)
+
+
 def cluster_centres(feats_nd: np.ndarray, labels_n: np.ndarray, capacity: int) -> np.ndarray:
     """[capacity, D] float32: row c = the L2-normalised mean feature of cluster c (rows past
     the last cluster are 0; outliers, label -1, are ignored)."""
@@ -40,11 +57,13 @@ def cluster_centres(feats_nd: np.ndarray, labels_n: np.ndarray, capacity: int) -
             ).astype(np.float32)
 
 
-def quality(pseudo_n: np.ndarray, hidden_n: Optional[np.ndarray] = None) -> dict[str, float]:
+def quality(pseudo_n: np.ndarray, hidden_n: Optional[np.ndarray] = None,
+            camids_n: Optional[np.ndarray] = None) -> dict[str, float]:
     """Clustering statistics; `hidden_n` (the true identities, None for data without them) is
     read here and nowhere in training. purity: fraction of the clustered images whose identity
     is their cluster's majority one; nmi: normalised mutual information of clusters and
-    identities over the clustered images; outlier_fraction over all images."""
+    identities over the clustered images; outlier_fraction over all images; with `camids_n`,
+    single_camera_fraction: the fraction of clusters whose images all come from one camera."""
     from sklearn.metrics import normalized_mutual_info_score
 
     pseudo_n = np.asarray(pseudo_n)
@@ -52,6 +71,9 @@ def quality(pseudo_n: np.ndarray, hidden_n: Optional[np.ndarray] = None) -> dict
     num = int(pseudo_n.max()) + 1 if keep.any() else 0
     out = {"clusters": float(num), "outliers": float((~keep).sum()),
            "outlier_fraction": float((~keep).mean()) if len(pseudo_n) else 0.0}
+    if keep.any() and camids_n is not None:
+        pairs = np.unique(np.stack([pseudo_n[keep], np.asarray(camids_n)[keep]]), axis=1)
+        out["single_camera_fraction"] = float((np.bincount(pairs[0], minlength=num) == 1).mean())
     if keep.any() and hidden_n is not None:
         hidden_n = np.asarray(hidden_n)
         _, ids = np.unique(hidden_n[keep], return_inverse=True)

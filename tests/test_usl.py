@@ -9,11 +9,13 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from conftest import REPO, TINY_SYNTHETIC, tiny_usl_config
 from personvit_jax import clustering, losses
+from personvit_jax.config_args import load_config
 from personvit_jax.data import pipeline
 from personvit_jax.evaluation.rerank import jaccard_graph
 from personvit_jax.stages import usl
@@ -97,6 +99,33 @@ def test_quality_purity_and_nmi():
     from sklearn.metrics import normalized_mutual_info_score
     assert q["nmi"] == pytest.approx(normalized_mutual_info_score(hidden[:5].tolist() + [8, 8],
                                                                   [0, 0, 0, 1, 1, 2, 2]))
+    cams = np.array([0, 1, 0, 2, 2, 1, 0, 0])  # cluster 0 spans 2 cameras, 1 and 2 one each
+    assert clustering.quality(pseudo, hidden, cams)["single_camera_fraction"] == 2 / 3
+
+
+def test_camera_centring_removes_a_camera_offset_and_lets_clusters_span_cameras():
+    rng = np.random.default_rng(0)
+    people = _unit(rng.normal(size=(6, 16)))
+    pids = np.repeat(np.arange(6), 4)
+    cams = np.tile([0, 0, 1, 1], 6)
+    style = 3.0 * _unit(rng.normal(size=(2, 16)))  # a strong per-camera offset
+    feats = _unit(people[pids] + style[cams] + 0.05 * rng.normal(size=(24, 16)))
+    centred = clustering.centre_per_camera(feats, cams)
+    assert centred.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(centred, axis=1), 1.0, rtol=1e-6)
+    for cam in (0, 1):  # per camera: the offset is gone, what remains is centred
+        rows = feats[cams == cam] - feats[cams == cam].mean(0)
+        np.testing.assert_allclose(centred[cams == cam], _unit(rows), atol=1e-6)
+    cfg = ml_collections.ConfigDict({"k1": 4, "k2": 2, "eps": 0.5, "min_samples": 2,
+                                     "camera_centred": False})
+    raw_labels, raw = usl.pseudo_labels(feats, cfg, pids, cams)
+    cfg.camera_centred = True
+    labels, stats = usl.pseudo_labels(feats, cfg, pids, cams)
+    assert raw["single_camera_fraction"] == 1.0  # raw: the camera decides the clusters
+    assert stats["single_camera_fraction"] == 0.0 and stats["purity"] == 1.0
+    assert stats["clusters"] == 6 and stats["outliers"] == 0
+    with pytest.raises(ValueError, match="camera ids"):
+        usl.pseudo_labels(feats, cfg, pids, None)
 
 
 # ---------------------------------------------------------------------------- memory and loss
@@ -242,6 +271,8 @@ def test_too_few_clusters_is_one_line(tiny_data_dir, tmp_path):
 
 
 def test_config_refusals(tiny_data_dir, tmp_path):
+    with pytest.raises(ValueError, match="'uda' is the synthetic second-domain preset"):
+        load_config("usl", "uda")
     for key, value, match in (("cluster.eps", 1.5, "cluster.eps"),
                               ("cluster.k2", 50, "cluster.k2"),
                               ("model.jpm", True, "model.jpm"),
@@ -253,8 +284,9 @@ def test_config_refusals(tiny_data_dir, tmp_path):
 
 def test_main_runs_the_usl_stage_and_uda_from_a_finetune_run(tiny_data_dir, tiny_config,
                                                               tmp_path):
-    """`python -m personvit_jax.main --config=configs/usl.py:synthetic` (shrunk), started
-    from a fine-tune run (UDA): its backbone is loaded, the start is that model."""
+    """`python -m personvit_jax.main --config=configs/usl.py:synthetic,uda` (shrunk), started
+    from a fine-tune run: its backbone is loaded, the start is that model, the target is the
+    second synthetic domain and the clustering camera-centred."""
     from personvit_jax.stages import finetune
 
     source = tmp_path / "source"
@@ -268,7 +300,7 @@ def test_main_runs_the_usl_stage_and_uda_from_a_finetune_run(tiny_data_dir, tiny
             **{f"data.synthetic.{k}": v for k, v in TINY_SYNTHETIC.items()
                if k != "images_per_id"}, "data.synthetic.images_per_id": "(6,10)"}
     r = subprocess.run([sys.executable, "-m", "personvit_jax.main",
-                        "--config=configs/usl.py:synthetic", f"--workdir={tmp_path / 'uda'}"]
+                        "--config=configs/usl.py:synthetic,uda", f"--workdir={tmp_path / 'uda'}"]
                        + [f"--config.{k}={v}" for k, v in over.items()],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -280,3 +312,7 @@ def test_main_runs_the_usl_stage_and_uda_from_a_finetune_run(tiny_data_dir, tiny
     assert start["num_valid_queries"] == res["num_valid_queries"]
     assert jax.tree.structure(src) == jax.tree.structure(
         load_state_tree(str(tmp_path / "uda"))["params"]["backbone"])
+    saved = json.loads((tmp_path / "uda" / "config.json").read_text())
+    assert saved["cluster"]["camera_centred"] and saved["data"]["synthetic"]["style_seed"] == 1
+    rows = [json.loads(x) for x in (tmp_path / "uda" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in rows if "single_camera_fraction" in r] == ["cluster"]

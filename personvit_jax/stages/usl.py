@@ -56,6 +56,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     splits = pipeline.load_splits(config.data.name, config.data.data_dir,
                                   config.data.synthetic.to_dict())
     hidden = np.asarray(splits["train"].pids)  # monitoring only (clustering.quality)
+    camids = np.asarray(splits["train"].camids)  # known without labels: cluster.camera_centred
     images = pipeline.without_labels(splits["train"])  # what training reads
     iters = config.optim.iters_per_epoch
     batch_size = config.data.num_ids_per_batch * config.data.num_instances
@@ -106,7 +107,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         feats = extract_features(bound_embed(state), images, preprocessing, mesh, e.batch_size,
                                  config.data.num_workers, config.data.prefetch)
-        labels, stats = pseudo_labels(feats, config.cluster, hidden, log=logging.info)
+        labels, stats = pseudo_labels(feats, config.cluster, hidden, camids, log=logging.info)
         num = int(stats["clusters"])
         if num < config.data.num_ids_per_batch:
             raise ValueError(
@@ -176,14 +177,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def pseudo_labels(feats_nd: np.ndarray, cluster_cfg, hidden_n: np.ndarray | None = None,
-                  log=None) -> tuple[np.ndarray, dict[str, float]]:
-    """Cluster ids [N] (-1 = outlier) of features [N, D] by DBSCAN on their Jaccard graph,
+                  camids_n: np.ndarray | None = None, log=None
+                  ) -> tuple[np.ndarray, dict[str, float]]:
+    """Cluster ids [N] (-1 = outlier) of features [N, D] by DBSCAN on their Jaccard graph
+    (of the per-camera centred features if cluster_cfg.camera_centred; needs `camids_n` [N]),
     and the clustering's statistics (purity / NMI when `hidden_n` holds real identities)."""
     c = cluster_cfg
+    if c.camera_centred:
+        if camids_n is None:
+            raise ValueError("cluster.camera_centred=True needs the images' camera ids")
+        feats_nd = clustering.centre_per_camera(feats_nd, camids_n)
     graph = jaccard_graph(feats_nd, c.k1, c.k2, max_distance=c.eps, log=log)
     labels = clustering.dbscan(graph, c.eps, c.min_samples)
     has_ids = hidden_n is not None and len(hidden_n) and (np.asarray(hidden_n) >= 0).all()
-    stats = clustering.quality(labels, hidden_n if has_ids else None)
+    stats = clustering.quality(labels, hidden_n if has_ids else None, camids_n)
     return labels, dict(stats, graph_edges=float(graph.nnz))
 
 
