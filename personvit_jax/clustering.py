@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from personvit_jax.evaluation.distances import l2_normalize
+
 
 # ---------------------------------------------------------------------------- host side
 def dbscan(graph, eps: float, min_samples: int) -> np.ndarray:
@@ -40,8 +42,7 @@ def centre_per_camera(feats_nd: np.ndarray, camids_n: np.ndarray) -> np.ndarray:
     for cam in np.unique(camids_n):
         rows = camids_n == cam
         out[rows] = feats[rows] - feats[rows].mean(0)
-    return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-            ).astype(np.float32)
+    return l2_normalize(out)
 
 
 def cluster_centres(feats_nd: np.ndarray, labels_n: np.ndarray, capacity: int) -> np.ndarray:
