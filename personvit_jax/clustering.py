@@ -16,8 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from personvit_jax.evaluation.distances import l2_normalize
-
 
 # ---------------------------------------------------------------------------- host side
 def dbscan(graph, eps: float, min_samples: int) -> np.ndarray:
@@ -30,7 +28,8 @@ def dbscan(graph, eps: float, min_samples: int) -> np.ndarray:
 
 
 def centre_per_camera(feats_nd: np.ndarray, camids_n: np.ndarray) -> np.ndarray:
-    """[N, D] float32: each feature minus the mean feature of its camera, L2-normalised.
+    """[N, D] float32: each feature minus the mean feature of its camera (not re-normalised:
+    `jaccard_graph` L2-normalises its input).
 
     Features of an unadapted model carry their camera's style (scene, white balance), so
     DBSCAN groups one person's images per camera and keeps cameras apart; Market-protocol
@@ -42,7 +41,7 @@ def centre_per_camera(feats_nd: np.ndarray, camids_n: np.ndarray) -> np.ndarray:
     for cam in np.unique(camids_n):
         rows = camids_n == cam
         out[rows] = feats[rows] - feats[rows].mean(0)
-    return l2_normalize(out)
+    return out.astype(np.float32)
 
 
 def cluster_centres(feats_nd: np.ndarray, labels_n: np.ndarray, capacity: int) -> np.ndarray:
