@@ -36,23 +36,25 @@ def centre_per_camera(feats_nd: np.ndarray, camids_n: np.ndarray) -> np.ndarray:
     retrieval is cross-camera only. Removing each camera's mean before the Jaccard graph (camera
     ids come with every ReID image, no identity is read) gives clusters that span cameras."""
     feats = np.asarray(feats_nd, np.float64)
-    camids_n = np.asarray(camids_n)
-    out = np.empty_like(feats)
-    for cam in np.unique(camids_n):
-        rows = camids_n == cam
-        out[rows] = feats[rows] - feats[rows].mean(0)
-    return out.astype(np.float32)
+    cams, cam_n = np.unique(np.asarray(camids_n), return_inverse=True)
+    return (feats - group_means(feats, cam_n, len(cams))[cam_n]).astype(np.float32)
+
+
+def group_means(feats_nd: np.ndarray, groups_n: np.ndarray, capacity: int) -> np.ndarray:
+    """[capacity, D] float64: row g = the mean of the features [N, D] with group id g (rows of
+    groups without members are 0; ids -1, e.g. outliers, are ignored)."""
+    feats = np.asarray(feats_nd, np.float64)
+    keep = groups_n >= 0
+    sums = np.zeros((capacity, feats.shape[1]))
+    np.add.at(sums, groups_n[keep], feats[keep])
+    counts = np.bincount(groups_n[keep], minlength=capacity)[:capacity]
+    return sums / np.maximum(counts, 1)[:, None]
 
 
 def cluster_centres(feats_nd: np.ndarray, labels_n: np.ndarray, capacity: int) -> np.ndarray:
     """[capacity, D] float32: row c = the L2-normalised mean feature of cluster c (rows past
     the last cluster are 0; outliers, label -1, are ignored)."""
-    feats = np.asarray(feats_nd, np.float64)
-    keep = labels_n >= 0
-    sums = np.zeros((capacity, feats.shape[1]))
-    np.add.at(sums, labels_n[keep], feats[keep])
-    counts = np.bincount(labels_n[keep], minlength=capacity)[:capacity]
-    means = sums / np.maximum(counts, 1)[:, None]
+    means = group_means(feats_nd, labels_n, capacity)
     return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
             ).astype(np.float32)
 
