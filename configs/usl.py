@@ -157,9 +157,9 @@ def get_config(arg=None):
         d.synthetic.style_seed = 1
         # A trained start: the recipe's SGD 3.5e-4 (AdamW 1e-3 from scratch wrecks it).
         o.name, o.base_lr, o.weight_decay, o.weight_decay_bias = "sgd", 3.5e-4, 5e-4, 5e-4
-        # The source's features group one person's images per camera (half of the first
-        # clusters hold a single camera; 7% camera-centred): cluster them camera-centred, with
-        # neighbourhoods the size of these identities (4-8 images; Market's k1 30 is for ~17).
+        # The source's features group one person's images per camera (many of its clusters
+        # hold one camera): cluster them camera-centred, with neighbourhoods the size of these
+        # identities (4-8 images; Market's k1 30 is for ~17 per identity).
         cl.camera_centred = True
         cl.k1, cl.k2 = 6, 3
         o.epochs = 8
