@@ -24,9 +24,7 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -40,33 +38,12 @@ from personvit_jax.evaluation.retrieval import RetrievalEvaluator  # noqa: E402
 from personvit_jax.inference import Preprocessing  # noqa: E402
 from personvit_jax.synthetic.write import generate_pool  # noqa: E402
 from personvit_jax.training import sharding  # noqa: E402
+from seed_spread import RESULTS, log, run_main  # noqa: E402  (this folder)
 
-RESULTS = "eval_results.json"
 VARIANTS = {
     "layer_decay": {"optim.layer_decay": 0.65},
     "sgd": "PersonViT",  # the optim block of configs/finetune.py (SGD recipe)
 }
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def run_main(config: str, workdir: str, overrides: dict, log_path: str) -> dict:
-    """`python -m personvit_jax.main` (resumes from `workdir`); its eval_results.json."""
-    done = os.path.join(workdir, RESULTS)
-    if os.path.isfile(done):
-        with open(done) as f:
-            return json.load(f)
-    cmd = [sys.executable, "-m", "personvit_jax.main", f"--config={config}",
-           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
-    log(" ".join(cmd[1:]))
-    with open(log_path, "a") as out:
-        code = subprocess.call(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    if code != 0 or not os.path.isfile(done):
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {code}); see {log_path}")
-    with open(done) as f:
-        return json.load(f)
 
 
 # ---------------------------------------------------------------------------- 1. the pool
