@@ -222,3 +222,41 @@ def test_camera_bias_counts_own_camera_neighbours():
     # k larger than the gallery: every gallery image is a neighbour, so the share is the base
     out = camera_bias(qf, gf, q_cams, g_cams, k=50)
     assert out["top5_same_camera"] == pytest.approx(out["same_camera_base"])
+
+
+def _per_query(ap, pids, first_rank=None):
+    ap = np.asarray(ap, np.float64)
+    first = np.zeros(len(ap), np.int64) if first_rank is None else np.asarray(first_rank)
+    return {"ap": ap, "inp": ap, "first_rank": first, "valid": np.ones(len(ap), bool)}
+
+
+def test_bootstrap_interval_resamples_identities():
+    """The interval's width is the standard error of identity means: 400 identities with
+    AP ~ U(0, 1) give 2 x 1.96 x 0.289 / 20 = 0.057; five identical queries per identity must
+    give the same width (the identity is the unit), not one sqrt(5) narrower."""
+    from personvit_jax.evaluation.ranking import bootstrap_intervals
+    rng = np.random.default_rng(0)
+    ap = rng.uniform(size=400)
+    one = bootstrap_intervals(_per_query(ap, np.arange(400)), np.arange(400))
+    five = bootstrap_intervals(_per_query(np.repeat(ap, 5), np.repeat(np.arange(400), 5)),
+                               np.repeat(np.arange(400), 5))
+    width = lambda r: r["mAP_ci95"][1] - r["mAP_ci95"][0]
+    assert width(one) == pytest.approx(2 * 1.96 * np.sqrt(1 / 12) / 20, rel=0.15)
+    assert width(five) == pytest.approx(width(one), rel=0.05)
+    lo, hi = one["mAP_ci95"]
+    assert lo < ap.mean() < hi
+    # seeded: the same results give the same interval; another seed another one
+    assert bootstrap_intervals(_per_query(ap, np.arange(400)), np.arange(400)) == one
+    assert bootstrap_intervals(_per_query(ap, np.arange(400)), np.arange(400), seed=1) != one
+
+
+def test_bootstrap_interval_rank1_and_invalid_queries():
+    """rank-1 counts first hits at rank 0; invalid queries are left out; no spread, no width."""
+    from personvit_jax.evaluation.ranking import bootstrap_intervals
+    pq = _per_query([0.5, 0.5, 0.9], [1, 2, 3], first_rank=[0, 0, 4])
+    pq["valid"][2] = False
+    out = bootstrap_intervals(pq, np.array([1, 2, 3]))
+    assert out == {"mAP_ci95": [0.5, 0.5], "rank1_ci95": [1.0, 1.0]}
+    pq["valid"][:] = False
+    with pytest.raises(ValueError, match="no valid query"):
+        bootstrap_intervals(pq, np.array([1, 2, 3]))

@@ -232,6 +232,40 @@ def evaluate(qf_qd, gf_gd, q_pids, g_pids, q_camids, g_camids, metric: str = "eu
                                         metric, rerank, chunk_size), max_rank)
 
 
+BOOTSTRAP_SAMPLES = 2000  # resamples of the query identities for the 95% intervals
+
+
+def bootstrap_intervals(per_query: dict[str, np.ndarray], q_pids, num_samples: int =
+                        BOOTSTRAP_SAMPLES, seed: int = 0, level: float = 0.95
+                        ) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of mAP and rank-1 over the query IDENTITIES.
+
+    The queries of one identity share its gallery images and are not independent, so an
+    identity is the unit drawn: each resample takes len(ids) identities with replacement (all
+    valid queries of each, counted as often as it is drawn) and averages AP / first-hit over
+    its queries. Seeded, so the same per-query results give the same interval. Returns
+    {"mAP_ci95": [lo, hi], "rank1_ci95": [lo, hi]} (the key says the level when it is not 0.95).
+    """
+    valid = per_query["valid"]
+    pids = np.asarray(q_pids)[valid]
+    if len(pids) == 0:
+        raise ValueError("no valid query: no interval to bootstrap")
+    _, pid_index = np.unique(pids, return_inverse=True)
+    num_ids = int(pid_index.max()) + 1
+    per_id = lambda x: np.bincount(pid_index, weights=x, minlength=num_ids)
+    queries = per_id(np.ones(len(pids)))
+    ap_sum = per_id(per_query["ap"][valid])
+    hit_sum = per_id((per_query["first_rank"][valid] == 0).astype(np.float64))
+    draws = np.random.default_rng(seed).multinomial(num_ids, np.full(num_ids, 1.0 / num_ids),
+                                                    size=num_samples)  # [S, ids] counts
+    n = draws @ queries
+    tail = 100 * (1 - level) / 2
+    suffix = f"ci{round(100 * level)}"
+    return {f"{name}_{suffix}": [float(v) for v in np.percentile((draws @ s) / n,
+                                                                  [tail, 100 - tail])]
+            for name, s in (("mAP", ap_sum), ("rank1", hit_sum))}
+
+
 def camera_bias(qf_qd, gf_gd, q_camids, g_camids, k: int = 10, metric: str = "euclidean",
                 chunk_size: int = DEFAULT_CHUNK) -> dict[str, float]:
     """How much the camera drives the features' neighbourhoods.

@@ -24,7 +24,9 @@ Embed = Callable[[Any, Any], Any]
 class Retrieval:
     """What one evaluation found."""
 
-    summary: dict[str, Any]  # mAP, mINP, rank1/5/10, query counts (+ camera bias, "rerank")
+    # mAP, mINP, rank1/5/10, 95% bootstrap intervals of mAP and rank-1 (mAP_ci95,
+    # rank1_ci95: [lo, hi]), query counts (+ camera bias, "rerank")
+    summary: dict[str, Any]
     per_query: dict[str, np.ndarray]  # ap, inp, first_rank, valid [Q] (before re-ranking)
     query_features: np.ndarray  # [Q, D]
     gallery_features: np.ndarray  # [G, D]
@@ -67,6 +69,7 @@ class RetrievalEvaluator:
         ids = (q.pids, g.pids, q.camids, g.camids)
         per_query = ranking.evaluate_per_query(qf, gf, *ids, metric=self.metric)
         summary = ranking.summarize(ranking.aggregate(per_query, self.max_rank))
+        summary.update(ranking.bootstrap_intervals(per_query, q.pids))
         if self.camera_bias:
             summary.update(ranking.camera_bias(qf, gf, q.camids, g.camids, metric=self.metric))
         if self.rerank:

@@ -23,6 +23,15 @@ def _to_python(v: Any) -> Any:
     return v.item() if v.ndim == 0 else v.tolist()
 
 
+def _format(v: Any) -> str:
+    """4 decimals for a float, 3 for each end of an interval ([lo, hi])."""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(x, float) for x in v):
+        return f"[{v[0]:.3f}, {v[1]:.3f}]"
+    return str(v)
+
+
 class MetricLogger:
     def __init__(self, workdir: str, total_steps: int, images_per_step: int):
         self.enabled = jax.process_index() == 0
@@ -62,8 +71,7 @@ class MetricLogger:
                          f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}" if eta else "")
         else:
             logging.info("%s @ step %d: %s", prefix, step,
-                         "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in row.items()))
+                         "  ".join(f"{k} {_format(v)}" for k, v in row.items()))
         return row
 
     def _append_row(self, line: str) -> None:
