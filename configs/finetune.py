@@ -114,9 +114,14 @@ def get_config(arg=None):
     o.momentum = 0.9  # SGD momentum (adamw: beta1)
     o.weight_decay = 1e-4  # on weights (incl. LayerNorm scales, cls token, position embedding)
     o.weight_decay_bias = 1e-4  # on biases
+    o.decay_tokens = True  # weight decay on cls_token / pos_embed too (DeiT's AdamW: False)
+    o.clip_grad = 0.0  # clip the gradient's global norm to this (0 = off, as PersonViT)
     o.bias_lr_factor = 2.0  # biases learn at 2 x LR
     o.epochs = 120  # training length; an epoch = len(train split) // batch steps
     o.warmup_epochs = 20  # linear warm-up length
+    # Every parameter group (weights, biases) warms up from warmup_factor x base_lr to its own
+    # peak and cools to final_lr_factor x base_lr (timm's scheduler as PersonViT steps it:
+    # epoch e trains at the scheduler's value for e - 1, so epoch 1 at warmup_factor x base_lr)
     o.warmup_factor = 0.01  # warm-up starts at 0.01 x base_lr
     o.final_lr_factor = 0.002  # cosine ends at 0.002 x base_lr
     o.per_epoch_schedule = True  # LR changes once per epoch (as PersonViT); False = every step

@@ -111,6 +111,8 @@ def get_config(arg=None):
     o.momentum = 0.9
     o.weight_decay = 5e-4
     o.weight_decay_bias = 5e-4
+    o.decay_tokens = True  # weight decay on cls_token / pos_embed too (as configs/finetune.py)
+    o.clip_grad = 0.0  # global-norm clipping (0 = off, as the recipe)
     o.bias_lr_factor = 1.0
     o.epochs = 50  # clustering rounds; each followed by iters_per_epoch steps
     o.iters_per_epoch = 200  # steps between two clusterings (--iters 200)

@@ -98,6 +98,13 @@ def check_common(cfg) -> None:
             _fail(key, _get(cfg, key), "expected a positive integer")
 
 
+def _check_reid_optim(cfg) -> None:
+    """The optim block training/optim.make_finetune_optimizer reads (finetune, usl)."""
+    _check_choice(cfg, "optim.name", ("sgd", "adamw"))
+    if _get(cfg, "optim.clip_grad") < 0:
+        _fail("optim.clip_grad", _get(cfg, "optim.clip_grad"), "expected >= 0 (0 = no clipping)")
+
+
 def check_finetune_config(cfg) -> None:
     """Values of a fine-tune config that can be judged without the data."""
     check_common(cfg)
@@ -113,7 +120,7 @@ def check_finetune_config(cfg) -> None:
         _fail("data.pad", d.pad, "expected >= 0 pixels")
     for key in ("data.flip_prob", "data.erasing_prob", "data.color_jitter.prob"):
         _check_range(cfg, key, 0.0, 1.0)
-    _check_choice(cfg, "optim.name", ("sgd", "adamw"))
+    _check_reid_optim(cfg)
     _check_choice(cfg, "loss.triplet", ("soft", "margin"))
     check_eval_block(cfg)
 
@@ -135,7 +142,7 @@ def check_usl_config(cfg) -> None:
     for key in ("model.sie", "model.jpm"):
         if _get(cfg, key):
             _fail(key, True, "the usl stage trains the global feature without cameras: False")
-    _check_choice(cfg, "optim.name", ("sgd", "adamw"))
+    _check_reid_optim(cfg)
     _check_choice(cfg, "optim.schedule", ("step", "cosine"))
     if not 0.0 < cfg.cluster.eps < 1.0:
         _fail("cluster.eps", cfg.cluster.eps, "a Jaccard distance in (0, 1)")

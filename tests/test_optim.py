@@ -17,22 +17,47 @@ from personvit_jax.training.optim import (clip_per_tensor, finetune_lr_schedule,
 def _optim_cfg(**kw):
     c = dict(name="sgd", base_lr=4e-4, momentum=0.9, weight_decay=1e-4, weight_decay_bias=1e-4,
              bias_lr_factor=2.0, epochs=120, warmup_epochs=20, warmup_factor=0.01,
-             final_lr_factor=0.002, per_epoch_schedule=True)
+             final_lr_factor=0.002, per_epoch_schedule=True, decay_tokens=True, clip_grad=0.0)
     c.update(kw)
     return ml_collections.ConfigDict(c)
 
 
 def test_finetune_lr_schedule_per_epoch():
+    """PersonViT's do_train: epoch e (1-based) trains at timm's _get_lr(e - 1), i.e. the
+    0-based epoch t; the first epoch at warmup_lr_init."""
     sched = finetune_lr_schedule(_optim_cfg(), steps_per_epoch=10)
     lr0, init = 4e-4, 4e-6
-    # epoch e (0-based) uses TransReID's 1-based scheduler epoch t = e + 1
-    assert float(sched(0)) == pytest.approx(init + 1 * (lr0 - init) / 20)
+    assert float(sched(0)) == pytest.approx(init)
     assert float(sched(9)) == float(sched(0))  # constant within an epoch
-    assert float(sched(18 * 10)) == pytest.approx(init + 19 * (lr0 - init) / 20)
-    t = 20  # first cosine epoch (e = 19)
+    assert float(sched(10)) == pytest.approx(init + (lr0 - init) / 20)
+    assert float(sched(19 * 10)) == pytest.approx(init + 19 * (lr0 - init) / 20)
+    t = 20  # first cosine epoch (0-based 20)
     cos = 0.002 * lr0 + 0.5 * (lr0 - 0.002 * lr0) * (1 + math.cos(math.pi * t / 120))
-    assert float(sched(19 * 10)) == pytest.approx(cos, rel=1e-5)
-    assert float(sched(119 * 10 + 5)) == pytest.approx(0.002 * lr0, rel=1e-5)  # last epoch
+    assert float(sched(20 * 10)) == pytest.approx(cos, rel=1e-5)
+    last = 0.002 * lr0 + 0.5 * (lr0 - 0.002 * lr0) * (1 + math.cos(math.pi * 119 / 120))
+    assert float(sched(119 * 10 + 5)) == pytest.approx(last, rel=1e-5)  # last epoch
+
+
+def test_finetune_bias_group_shares_start_and_end():
+    """timm's scheduler warms every group from the same warmup_lr_init to its own peak and
+    cools every group to the same lr_min: biases (2 x base) start at 0.01 x base, not 0.02 x."""
+    cfg = _optim_cfg(epochs=10, warmup_epochs=4)
+    weights = finetune_lr_schedule(cfg, 1)
+    biases = finetune_lr_schedule(cfg, 1, peak=2 * cfg.base_lr)
+    init, lr_min = 0.01 * cfg.base_lr, 0.002 * cfg.base_lr
+    assert float(biases(0)) == pytest.approx(init) == float(weights(0))
+    assert float(biases(2)) == pytest.approx(init + 2 * (2 * cfg.base_lr - init) / 4)
+    assert float(biases(4)) == pytest.approx(2 * cfg.base_lr * 0.5 * (1 + math.cos(math.pi * 0.4))
+                                             + lr_min * 0.5 * (1 - math.cos(math.pi * 0.4)))
+    assert float(biases(10)) == pytest.approx(lr_min) == pytest.approx(float(weights(10)))
+
+
+def test_finetune_per_step_warmup_ramps_from_the_start():
+    cfg = _optim_cfg(per_epoch_schedule=False, warmup_epochs=2, warmup_factor=0.0)
+    sched = finetune_lr_schedule(cfg, steps_per_epoch=10)
+    assert float(sched(0)) == 0.0
+    assert float(sched(5)) == pytest.approx(cfg.base_lr * 5 / 20)
+    assert float(sched(20)) == pytest.approx(cfg.base_lr, rel=1e-3)  # cosine clock from t = 0
 
 
 def test_warmup_cosine_serves_ibot_schedules():
@@ -86,6 +111,34 @@ def test_adamw_decays_matrices_only_and_rejects_unknown():
     assert float(jnp.abs(upd["bias"]).max()) == 0 and float(jnp.abs(upd["scale"]).max()) == 0
     with pytest.raises(ValueError, match="'lamb'"):
         make_finetune_optimizer(_optim_cfg(name="lamb"), 1)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_decay_tokens_switch_and_clipping(name):
+    """decay_tokens=False: no weight decay on cls_token / pos_embed (DeiT); clip_grad clips
+    the global norm before anything else."""
+    cfg = _optim_cfg(name=name, bias_lr_factor=1.0, weight_decay=0.5, weight_decay_bias=0.0,
+                     warmup_epochs=0, final_lr_factor=1.0, per_epoch_schedule=False,
+                     decay_tokens=False, clip_grad=0.0)
+    params = {"kernel": jnp.ones((2, 2)), "cls_token": jnp.ones((1, 1, 2)),
+              "pos_embed": jnp.ones((1, 3, 2))}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    tx, _ = make_finetune_optimizer(cfg, steps_per_epoch=1)
+    upd, _ = tx.update(zero, tx.init(params), params)
+    assert float(jnp.abs(upd["kernel"]).max()) > 0
+    assert float(jnp.abs(upd["cls_token"]).max()) == 0 == float(jnp.abs(upd["pos_embed"]).max())
+    cfg.decay_tokens = True
+    tx, _ = make_finetune_optimizer(cfg, steps_per_epoch=1)
+    upd, _ = tx.update(zero, tx.init(params), params)
+    assert float(jnp.abs(upd["cls_token"]).max()) > 0
+    # clipping: SGD without decay or momentum moves by lr x the clipped gradient
+    cfg = _optim_cfg(name="sgd", momentum=0.0, weight_decay=0.0, weight_decay_bias=0.0,
+                     base_lr=1.0, bias_lr_factor=1.0, warmup_epochs=0, final_lr_factor=1.0,
+                     per_epoch_schedule=False, clip_grad=1.0)
+    tx, _ = make_finetune_optimizer(cfg, steps_per_epoch=1)
+    grads = {"kernel": jnp.full((2, 2), 3.0)}  # global norm 6
+    upd, _ = tx.update(grads, tx.init(grads), grads)
+    np.testing.assert_allclose(upd["kernel"], -jnp.full((2, 2), 0.5), rtol=1e-6)
 
 
 def _cosine_scheduler(base, final, epochs, niter, warmup_epochs=0, start=0.0):

@@ -29,23 +29,32 @@ def warmup_cosine(t, *, base: float, total: float, warmup: float, warmup_start: 
     return jnp.where(t < warmup, ramp, cos)
 
 
-def finetune_lr_schedule(optim_cfg, steps_per_epoch: int) -> optax.Schedule:
-    """TransReID/PersonViT LR: timm cosine with warm-up, stepped once per epoch with the 1-based
-    epoch (TransReID calls scheduler.step(epoch) for epoch = 1..E), or smoothly per step.
-    optim.schedule='step' (Cluster Contrast's StepLR, the usl stage): base_lr x
-    step_gamma ** (epoch // step_epochs), 0-based epochs, no warm-up."""
+def finetune_lr_schedule(optim_cfg, steps_per_epoch: int, peak: float | None = None
+                         ) -> optax.Schedule:
+    """The fine-tune LR of a parameter group whose peak is `peak` (default optim.base_lr).
+
+    cosine (PersonViT / TransReID: timm's CosineLRScheduler driven by do_train): the scheduler
+    is stepped with scheduler.step(epoch) at the END of epoch e = 1..E, so epoch e trains at
+    _get_lr(e - 1): t = the 0-based epoch. Linear warm-up over `warmup_epochs` from
+    warmup_factor x base_lr, then cosine to final_lr_factor x base_lr at t = epochs. The start
+    and the end are the same for every group (timm's warmup_lr_init / lr_min are scalars); only
+    the peak is the group's, so biases at bias_lr_factor x base warm up from the same start on a
+    steeper ramp. `per_epoch_schedule=False` evaluates the same curve at t = step /
+    steps_per_epoch (a per-step ramp). schedule='step' (Cluster Contrast's StepLR, the usl
+    stage): peak x step_gamma ** (epoch // step_epochs), no warm-up.
+    """
     o = optim_cfg
+    peak = o.base_lr if peak is None else peak
 
     def step_decay(count):
         epoch = jnp.floor(count / steps_per_epoch)
-        return o.base_lr * o.step_gamma ** jnp.floor(epoch / o.step_epochs)
+        return peak * o.step_gamma ** jnp.floor(epoch / o.step_epochs)
 
     def schedule(count):
+        t = count / steps_per_epoch
         if o.per_epoch_schedule:
-            t = jnp.floor(count / steps_per_epoch) + 1.0
-        else:
-            t = count / steps_per_epoch + 1.0
-        return warmup_cosine(t, base=o.base_lr, total=o.epochs, warmup=o.warmup_epochs,
+            t = jnp.floor(t)
+        return warmup_cosine(t, base=peak, total=o.epochs, warmup=o.warmup_epochs,
                              warmup_start=o.warmup_factor * o.base_lr,
                              final=o.final_lr_factor * o.base_lr)
 
@@ -83,31 +92,58 @@ def layer_decay_scales(params, depth: int, decay: float):
         lambda path, _: float(decay ** (depth + 1 - layer(path))), params)
 
 
+def is_token(path) -> bool:
+    """True for the learned tokens and position embedding (cls_token, pos_embed, mask_token,
+    SIE's camera embedding): DeiT-style AdamW leaves them out of weight decay."""
+    last = path[-1]
+    name = getattr(last, "key", getattr(last, "name", str(last)))
+    return name in ("cls_token", "pos_embed", "mask_token", "sie_embed")
+
+
 def make_finetune_optimizer(optim_cfg, steps_per_epoch: int, lr_scales=None
                             ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The fine-tune optimizer; biases learn at `bias_lr_factor` x the LR, and each parameter at
-    `lr_scales` x the LR when given (a tree of floats, e.g. `layer_decay_scales`).
+    """The fine-tune optimizer and the LR schedule of its weights (for logging).
+
+    Biases are their own parameter group, at `bias_lr_factor` x the peak LR (PersonViT's
+    make_optimizer), on the schedule of `finetune_lr_schedule`; each parameter is scaled by
+    `lr_scales` x its group's LR when given (a tree of floats, e.g. `layer_decay_scales`).
 
     sgd   (PersonViT): as torch.optim.SGD, coupled L2 weight decay added to the gradient before
           momentum (biases: `weight_decay_bias`).
     adamw (fast-reid / torchreid style; used for the from-scratch synthetic run): decoupled
           weight decay on matrices only.
+    `decay_tokens=False` leaves cls_token / pos_embed out of weight decay (DeiT); `clip_grad`
+    > 0 clips the gradient's global norm first (0: off, as PersonViT).
     """
     o = optim_cfg
     schedule = finetune_lr_schedule(o, steps_per_epoch)
+    bias_schedule = finetune_lr_schedule(o, steps_per_epoch, o.bias_lr_factor * o.base_lr)
+    keep_tokens = o.decay_tokens
+
+    def decayed(params, want_bias: bool):
+        return jax.tree_util.tree_map_with_path(
+            lambda p, x: is_bias(p) == want_bias and (keep_tokens or not is_token(p)), params)
+
     if o.name == "sgd":
-        not_bias = lambda params: jax.tree.map(lambda b: not b, bias_mask(params))
         direction = optax.chain(
-            optax.masked(optax.add_decayed_weights(o.weight_decay), not_bias),
-            optax.masked(optax.add_decayed_weights(o.weight_decay_bias), bias_mask),
+            optax.masked(optax.add_decayed_weights(o.weight_decay),
+                         lambda params: decayed(params, False)),
+            optax.masked(optax.add_decayed_weights(o.weight_decay_bias),
+                         lambda params: decayed(params, True)),
             optax.trace(decay=o.momentum, nesterov=False))
     elif o.name == "adamw":
+        matrices = lambda params: jax.tree_util.tree_map_with_path(
+            lambda p, x: x.ndim > 1 and not is_bias(p) and (keep_tokens or not is_token(p)),
+            params)
         direction = optax.chain(optax.scale_by_adam(b1=o.momentum, b2=0.999),
-                                optax.add_decayed_weights(o.weight_decay, decay_mask))
+                                optax.add_decayed_weights(o.weight_decay, matrices))
     else:
         raise ValueError(f"config.optim.name={o.name!r}: expected 'sgd' or 'adamw'")
-    parts = [direction, optax.scale_by_learning_rate(schedule),
-             optax.masked(optax.scale(o.bias_lr_factor), bias_mask)]
+    clip = optax.clip_by_global_norm(o.clip_grad) if o.clip_grad else optax.identity()
+    group = lambda params: jax.tree.map(lambda b: "bias" if b else "weight", bias_mask(params))
+    parts = [clip, direction, optax.multi_transform(
+        {"weight": optax.scale_by_learning_rate(schedule),
+         "bias": optax.scale_by_learning_rate(bias_schedule)}, group)]
     if lr_scales is not None:
         parts.append(optax.stateless(
             lambda updates, params=None: jax.tree.map(lambda u, f: u * f, updates, lr_scales)))
