@@ -1,4 +1,5 @@
-"""The fine-tune stage end to end: sharding invariance, kill + resume bit-exactness, main."""
+"""The fine-tune stage end to end: it learns, sharding invariance, kill + resume bit-exactness,
+main."""
 
 import json
 import os
@@ -11,13 +12,57 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_SYNTHETIC, assert_trees
+from conftest import LEARN_SYNTHETIC, REPO, TINY_SYNTHETIC, assert_trees, tiny_finetune_config
+from personvit_jax.data import pipeline
 from personvit_jax.stages import finetune
 from personvit_jax.training.checkpointing import load_state_tree
 
 
 def _params(workdir):
     return load_state_tree(workdir)["params"]
+
+
+# The learning run: the tiny model of conftest on LEARN_SYNTHETIC, 20 epochs of 10 steps (P x K
+# 8 x 4), AdamW 3e-3 with a per-step warm-up from 0 and clipping, no drop path or erasing, so
+# that it learns within a minute. Measured (2026-12-06, 1 core): untrained 0.061 mAP, trained
+# 0.378, the same run on shuffled train labels 0.070. The margins below are half the measured
+# gaps: a zero LR, a sign flip or labels that do not follow the images fail them.
+LEARN_RUN = {"optim.epochs": 20, "optim.base_lr": 3e-3, "optim.per_epoch_schedule": False,
+             "optim.warmup_factor": 0.0, "optim.clip_grad": 1.0, "data.num_ids_per_batch": 8,
+             "data.erasing_prob": 0.0, "model.drop_path_rate": 0.0, "checkpoint_every_steps": 100,
+             "log_every_steps": 50}
+LEARN_GAIN = 0.15  # trained - untrained mAP must exceed this (measured 0.317)
+SHUFFLED_GAP = 0.15  # trained - shuffled-label mAP must exceed this (measured 0.308)
+
+
+def _learn_config(data_dir, **overrides):
+    c = tiny_finetune_config(data_dir, **{**LEARN_RUN, **overrides})
+    c.data.synthetic = dict(LEARN_SYNTHETIC)
+    return c
+
+
+def test_training_learns_and_shuffled_labels_do_not(learn_data_dir, tmp_path, monkeypatch):
+    untrained = finetune.train(_learn_config(learn_data_dir, **{"optim.epochs": 0}),
+                               str(tmp_path / "untrained"))
+    trained = finetune.train(_learn_config(learn_data_dir), str(tmp_path / "trained"))
+    assert trained["mAP"] > untrained["mAP"] + LEARN_GAIN, (untrained, trained)
+    assert trained["rank1"] > untrained["rank1"]
+    # the final row's interval is reported and holds the point estimate
+    lo, hi = trained["mAP_ci95"]
+    assert lo < trained["mAP"] < hi
+
+    load = pipeline.load_splits
+
+    def shuffled(*a, **kw):  # the same images, the train labels permuted
+        splits = load(*a, **kw)
+        train = splits["train"]
+        perm = np.random.default_rng(0).permutation(len(train))
+        return dict(splits, train=pipeline.select_rows(train, np.arange(len(train)),
+                                                       train.pids[perm]))
+
+    monkeypatch.setattr(pipeline, "load_splits", shuffled)
+    noise = finetune.train(_learn_config(learn_data_dir), str(tmp_path / "shuffled"))
+    assert noise["mAP"] < trained["mAP"] - SHUFFLED_GAP, (noise, trained)
 
 
 def test_eight_devices_equal_one(tiny_config, tmp_path):
