@@ -132,3 +132,22 @@ def test_subset_identities(tiny_splits):
     assert pipeline.subset_identities(train, 1.0, seed=0) is train
     with pytest.raises(ValueError, match="train_id_fraction=0.0"):
         pipeline.subset_identities(train, 0.0, seed=0)
+
+
+def test_resized_crop_box_falls_back_to_torchvisions_centre_crop():
+    """When no box fits in 10 attempts, torchvision's RandomResizedCrop takes the centre crop
+    clamped to the ratio range (64x85 of a 64x128 person at ratio >= 3/4), never the whole
+    image; fitting boxes keep the drawn area and aspect ratio."""
+    from personvit_jax.data.augment import resized_crop_box
+
+    rng = np.random.default_rng(0)
+    # scale 1 with w/h >= 3/4 cannot fit a 1:2 image: always the fallback
+    assert resized_crop_box(64, 128, rng, (1.0, 1.0)) == (0, 21, 64, 106)
+    assert resized_crop_box(128, 64, rng, (1.0, 1.0)) == (21, 0, 106, 64)  # too wide: clamp w
+    assert resized_crop_box(60, 60, rng, (1.0, 1.0), attempts=0) == (0, 0, 60, 60)
+    boxes = np.array([resized_crop_box(64, 128, rng, (0.4, 1.0)) for _ in range(2000)])
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 64).all() and (boxes[:, 3] <= 128).all()
+    assert not ((w == 64) & (h == 128)).any()  # no whole-image view
+    assert ((w / h > 0.7) & (w / h < 1.4)).all()  # 3/4 - 4/3, up to rounding to pixels
+    assert ((w * h >= 0.39 * 64 * 128) & (w * h <= 64 * 128)).all()

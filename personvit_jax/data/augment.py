@@ -109,22 +109,36 @@ def reid_test_transform(img: Image.Image, cfg) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def random_resized_crop(img: Image.Image, rng: np.random.Generator, out_hw: Sequence[int],
-                        scale: Sequence[float], ratio: Sequence[float] = (3 / 4, 4 / 3),
-                        attempts: int = 10) -> Image.Image:
-    """torchvision RandomResizedCrop: a box of `scale` x the area and log-uniform w/h `ratio`,
-    resized (bicubic) to out_hw; falls back to the whole image."""
-    w, h = img.size
+def resized_crop_box(w: int, h: int, rng: np.random.Generator, scale: Sequence[float],
+                     ratio: Sequence[float] = (3 / 4, 4 / 3), attempts: int = 10
+                     ) -> tuple[int, int, int, int]:
+    """torchvision RandomResizedCrop.get_params as a PIL box (left, top, right, bottom): up to
+    `attempts` boxes of `scale` x the area and log-uniform w/h `ratio`; when none fits, the
+    centre crop clamped to `ratio` (a 64x128 person at ratio >= 3/4: the central 64x85), never
+    the whole image of another aspect."""
     area = w * h
-    box = (0, 0, w, h)
     for _ in range(attempts):
         target = area * rng.uniform(*scale)
         ar = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
         cw, ch = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
         if 0 < cw <= w and 0 < ch <= h:
-            top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-            box = (left, top, left + cw, top + ch)
-            break
+            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            return left, top, left + cw, top + ch
+    cw, ch = w, h
+    if w / h < min(ratio):
+        ch = int(round(w / min(ratio)))
+    elif w / h > max(ratio):
+        cw = int(round(h * max(ratio)))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return left, top, left + cw, top + ch
+
+
+def random_resized_crop(img: Image.Image, rng: np.random.Generator, out_hw: Sequence[int],
+                        scale: Sequence[float], ratio: Sequence[float] = (3 / 4, 4 / 3),
+                        attempts: int = 10) -> Image.Image:
+    """torchvision RandomResizedCrop: the box of `resized_crop_box`, resized (bicubic) to
+    out_hw."""
+    box = resized_crop_box(*img.size, rng, scale, ratio, attempts)
     return img.resize((out_hw[1], out_hw[0]), Image.BICUBIC, box=box)
 
 

@@ -14,8 +14,9 @@ Semantics (torchvision's tensor ops on [0, 1] floats, clipped after every operat
   channel gain (not in DINO; a camera's white balance, off by default): x * g per channel, the
   three gains log-normal with a geometric mean of 1 (a colour cast, not a brightness change),
   applied first, as a camera would;
-  grayscale: gray(x) in all three channels;  blur: Gaussian of std `sigma` pixels (PIL's
-  GaussianBlur radius, as DINO), edge-replicated borders;  solarise: x >= 128/255 -> 1 - x.
+  grayscale: gray(x) in all three channels;  blur: PIL's GaussianBlur(radius=sigma), as DINO /
+  iBOT draw it: three passes of an extended box blur whose fractional radius PIL derives from
+  sigma (Gwosdek et al. 2011), edge-replicated borders; solarise: x >= 128/255 -> 1 - x.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ NUM_PARAMS = 14
 IDENTITY = np.array([1, 1, 1, 0, 0, 1, 2, 3, 0, 0, 0, 1, 1, 1], np.float32)
 
 BLUR_SIGMA_RANGE = (0.1, 2.0)  # DINO's GaussianBlur radius range
-BLUR_RADIUS = 6  # kernel half-width: 3 x the largest sigma
+BLUR_PASSES = 3  # PIL's GaussianBlur: three box-blur passes
+BOX_RADIUS = 2  # taps each side of one pass: the box radius at sigma 2.0 is 1.375 (< 2)
 _GRAY = (0.2989, 0.587, 0.114)
 
 
@@ -113,27 +115,44 @@ def hue(x: jax.Array, h: jax.Array) -> jax.Array:
                      axis=-1)
 
 
+def pil_box_radius(sigma: jax.Array) -> jax.Array:
+    """The fractional box radius l + a of one of PIL's BLUR_PASSES passes for GaussianBlur
+    radius `sigma` (PIL's _gaussian_blur_radius: boxes whose summed variance is sigma^2)."""
+    var = jnp.square(sigma) / BLUR_PASSES
+    l = jnp.floor((jnp.sqrt(12.0 * var + 1.0) - 1.0) / 2.0)
+    a = (2 * l + 1) * (l * (l + 1) - 3 * var) / (6 * (var - jnp.square(l + 1)))
+    return l + a
+
+
 def gaussian_blur(x: jax.Array, sigma: jax.Array) -> jax.Array:
-    """Separable Gaussian of std `sigma` [...] pixels (0 = none), kernel half-width
-    BLUR_RADIUS, edge-replicated borders."""
-    taps = jnp.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=jnp.float32)
-    safe = jnp.where(sigma > 0, sigma, 1.0)[..., None]
-    w = jnp.exp(-0.5 * (taps / safe) ** 2)
-    w = w / jnp.sum(w, axis=-1, keepdims=True)
+    """PIL's GaussianBlur(radius=sigma [...]) of views [..., H, W, 3] (sigma 0 = none): per
+    axis, BLUR_PASSES passes of the box [a, 1, ..., 1, a] / (2 r + 1) of radius r = l + a,
+    edge-replicated borders, each pass rounded to a uint8 level as PIL stores it. Below sigma
+    ~0.35, where a sampled Gaussian is the identity, this still softens edges."""
+    taps = jnp.arange(-BOX_RADIUS, BOX_RADIUS + 1, dtype=jnp.float32)
+    r = pil_box_radius(jnp.where(sigma > 0, sigma, 1.0))[..., None]
+    l = jnp.floor(r)
+    box = jnp.where(jnp.abs(taps) <= l, 1.0, jnp.where(jnp.abs(taps) == l + 1, r - l, 0.0))
+    w = box / (2 * r + 1)
     w = jnp.where((sigma > 0)[..., None], w, (taps == 0).astype(jnp.float32))  # [..., T]
     lead = x.ndim - 3
 
     def along(x, axis):  # weighted sum of the 2R+1 shifted copies along `axis` (H or W)
         n = x.shape[axis]
         pad = [(0, 0)] * x.ndim
-        pad[axis] = (BLUR_RADIUS, BLUR_RADIUS)
+        pad[axis] = (BOX_RADIUS, BOX_RADIUS)
         xp = jnp.pad(x, pad, mode="edge")
         out = jnp.zeros_like(x)
-        for k in range(2 * BLUR_RADIUS + 1):
+        for k in range(2 * BOX_RADIUS + 1):
             out = out + _per_view(w[..., k]) * jax.lax.slice_in_dim(xp, k, k + n, axis=axis)
         return out
 
-    return along(along(x, lead), lead + 1)
+    blurred = _per_view(sigma > 0)
+    level = lambda x: jnp.where(blurred, jnp.floor(x * 255.0 + 0.5) / 255.0, x)
+    for axis in (lead + 1, lead):  # PIL: all horizontal passes, then all vertical ones
+        for _ in range(BLUR_PASSES):
+            x = level(along(x, axis))  # PIL stores every pass as uint8 (rounded half up)
+    return x
 
 
 def apply(views_uint8: jax.Array, params: jax.Array, mean: Sequence[float],
