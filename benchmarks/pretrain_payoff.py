@@ -129,7 +129,9 @@ def report(workdir: str, plan: list[dict]) -> dict:
                 elif m.get("split") == "train" and "teacher_mean_entropy" in m:
                     entropies.append({k: m.get(k) for k in (
                         "step", "cls_loss", "patch_loss", "teacher_mean_entropy",
-                        "teacher_entropy_of_mean")})
+                        "teacher_entropy_of_mean", "teacher_prototypes_used",
+                        "teacher_feature_std", "cls_logit_grad_norm",
+                        "patch_logit_grad_norm")})
     raw = None
     raw_path = os.path.join(workdir, "raw_pixels.json")
     if os.path.isfile(raw_path):

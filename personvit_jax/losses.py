@@ -109,6 +109,25 @@ def teacher_entropies(teacher_logits: jax.Array, center_1k: jax.Array, temp) -> 
     return {"entropy_of_mean": ent(jnp.mean(p, 0)), "mean_entropy": jnp.mean(ent(p))}
 
 
+def prototypes_used(teacher_logits: jax.Array, center_1k: jax.Array) -> jax.Array:
+    """The share of the possible argmax prototypes the batch uses: distinct argmax of the
+    centred teacher logits over all rows / min(K, rows). 1 = every row its own prototype;
+    -> 1 / rows when one prototype takes the batch (one-hot collapse)."""
+    k = teacher_logits.shape[-1]
+    rows = teacher_logits.reshape(-1, k).astype(jnp.float32) - center_1k
+    hits = jnp.zeros((k,), jnp.float32).at[jnp.argmax(rows, -1)].add(1.0)
+    return jnp.sum(hits > 0) / min(k, rows.shape[0])
+
+
+def feature_std(features_bd: jax.Array) -> jax.Array:
+    """Std over the batch of the L2-normalised features, averaged over dimensions (SimSiam's
+    collapse signal): ~1 / sqrt(D) when they spread over the sphere, -> 0 when every image maps
+    to one point."""
+    f = features_bd.reshape(-1, features_bd.shape[-1]).astype(jnp.float32)
+    f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+    return jnp.mean(jnp.std(f, axis=0))
+
+
 def cls_distillation(student_vbk: jax.Array, teacher_gbk: jax.Array, center_1k: jax.Array,
                      student_temp: float, teacher_temp) -> jax.Array:
     """DINO/iBOT CLS loss: teacher global crop q vs every student crop v != q, averaged over

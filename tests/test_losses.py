@@ -142,3 +142,23 @@ def test_collapse_signals():
     line = np.outer(rng.normal(size=50), rng.normal(size=8)) + rng.normal(size=8)  # + a mean
     assert effective_rank(line) == pytest.approx(1.0, abs=1e-3)
     assert effective_rank(np.concatenate([np.eye(8), -np.eye(8)])) == pytest.approx(8.0, rel=1e-6)
+
+
+def test_collapse_signals_prototypes_used_and_feature_std():
+    from personvit_jax.losses import feature_std, prototypes_used
+    k = 16
+    center = jnp.zeros((1, k))
+    spread = jnp.eye(k)[:8] * 5.0  # 8 rows, 8 distinct argmax
+    assert float(prototypes_used(spread, center)) == 1.0
+    one = jnp.tile(jnp.eye(k)[:1], (8, 1))  # every row the same prototype
+    assert float(prototypes_used(one, center)) == pytest.approx(1 / 8)
+    # centring decides: a centre that removes prototype 0's lead moves every argmax
+    assert float(prototypes_used(one + jnp.eye(k)[3] * 0.5, jnp.eye(k)[:1] * 2.0)) == 1 / 8
+    # [2, 4, K] rows over every leading axis
+    assert float(prototypes_used(spread.reshape(2, 4, k), center)) == 1.0
+    d = 64
+    rng = np.random.default_rng(0)
+    iso = jnp.asarray(rng.normal(size=(4096, d)))
+    assert float(feature_std(iso)) == pytest.approx(1 / np.sqrt(d), rel=0.05)
+    collapsed = jnp.ones((32, d)) * 3.0 + 1e-4 * jnp.asarray(rng.normal(size=(32, d)))
+    assert float(feature_std(collapsed)) < 1e-3

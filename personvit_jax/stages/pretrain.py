@@ -201,20 +201,32 @@ def make_pretrain_step(student, teacher, tx, schedules, config):
                     sl = student.apply({"params": params}, locals_,
                                        train=True, with_patches=False, rngs={"dropout": rng_l})
                     s_cls.append(sl["cls_logits"].reshape(n_local, b, -1))
-                cls_loss = losses.cls_distillation(jnp.concatenate(s_cls), t_cls,
-                                                   state["center"], l.student_temp, t_temp)
-                patch_loss = losses.masked_patch_distillation(
-                    sg["patch_logits"].reshape(t_patch.shape), t_patch, masks.reshape(2, b, -1),
-                    state["center_patch"], l.student_temp, tp_temp)
-                loss = l.cls_weight * cls_loss + l.patch_weight * patch_loss
-                return loss, {"loss": loss, "cls_loss": cls_loss, "patch_loss": patch_loss}
+                s_cls = jnp.concatenate(s_cls)
+                s_patch = sg["patch_logits"].reshape(t_patch.shape)
+                loss = l.cls_weight * cls_term(s_cls) + l.patch_weight * patch_term(s_patch)
+                return loss, ({"loss": loss}, (s_cls, s_patch))
 
-            grads, metrics = jax.grad(loss_fn, has_aux=True)(params)
+            cls_term = lambda s: losses.cls_distillation(s, t_cls, state["center"],
+                                                         l.student_temp, t_temp)
+            patch_term = lambda s: losses.masked_patch_distillation(
+                s, t_patch, masks.reshape(2, b, -1), state["center_patch"], l.student_temp,
+                tp_temp)
+            grads, (metrics, (s_cls, s_patch)) = jax.grad(loss_fn, has_aux=True)(params)
+            # Each loss's gradient at the student's logits (the head's output): which branch
+            # drives the shared head and backbone (a few small extra passes over [V, B, K]).
+            cls_loss, cls_dlogits = jax.value_and_grad(cls_term)(jax.lax.stop_gradient(s_cls))
+            patch_loss, patch_dlogits = jax.value_and_grad(patch_term)(
+                jax.lax.stop_gradient(s_patch))
             mean_k = lambda x: jnp.mean(x.astype(jnp.float32).reshape(-1, x.shape[-1]), axis=0)
             collapse = losses.teacher_entropies(t_cls, state["center"], t_temp)
-            metrics.update(masked_fraction=jnp.mean(masks.astype(jnp.float32)),
+            metrics.update(cls_loss=cls_loss, patch_loss=patch_loss,
+                           cls_logit_grad_norm=l.cls_weight * jnp.linalg.norm(cls_dlogits),
+                           patch_logit_grad_norm=l.patch_weight * jnp.linalg.norm(patch_dlogits),
+                           masked_fraction=jnp.mean(masks.astype(jnp.float32)),
                            teacher_entropy_of_mean=collapse["entropy_of_mean"],
                            teacher_mean_entropy=collapse["mean_entropy"],
+                           teacher_prototypes_used=losses.prototypes_used(t_cls, state["center"]),
+                           teacher_feature_std=losses.feature_std(t["cls_feat"]),
                            teacher_cls_mean=mean_k(t_cls), teacher_patch_mean=mean_k(t_patch))
             return grads, carry, metrics
 
