@@ -17,7 +17,10 @@ Then fine-tune from the TEACHER backbone:
   python -m personvit_jax.main --config=configs/finetune.py:synthetic --workdir=runs/ft \
       --config.init_from=runs/pt_synthetic
 
-`arg`: `model=` vit_tiny | vit_small | vit_base, and the flags `synthetic`, `synthetic_pool`.
+`arg`: `model=` vit_tiny | vit_small | vit_base, and the flags `synthetic`, `synthetic_pool`,
+`sanity` (= `synthetic` on the set's sanity mode: plain backgrounds, ideal cameras, people that
+differ only by garments; the monitor scores the same kind of set):
+  python -m personvit_jax.main --config=configs/pretrain.py:sanity --workdir=runs/pt_sanity
 """
 
 import ml_collections
@@ -27,7 +30,7 @@ from personvit_jax.config_args import add_training_bookkeeping, mesh_config, par
 
 def get_config(arg=None):
     args = parse_config_arg(arg, {"model": "vit_small", "synthetic": False,
-                                  "synthetic_pool": False},
+                                  "synthetic_pool": False, "sanity": False},
                             "configs/pretrain.py")
     c = ml_collections.ConfigDict()
     c.stage = "pretrain"  # selects personvit_jax.stages.pretrain.train
@@ -146,6 +149,9 @@ def get_config(arg=None):
     c.mesh = mesh_config()
     add_training_bookkeeping(c)
 
+    if args["sanity"]:
+        args["synthetic"] = True
+        d.synthetic.sanity = True  # the training images and the monitor's query / gallery
     if args["synthetic"] or args["synthetic_pool"]:
         # CPU-sized: 128x64 / 64x32 crops, the fine-tune config's 6-block ViT-Tiny, 4 local crops
         d.name = "synthetic"

@@ -370,6 +370,36 @@ def test_style_domain_changes_cameras_not_people(small_set, tmp_path):
     assert synthetic.read_manifest(domain)["args"]["style_seed"] == 7
 
 
+def test_sanity_mode_keeps_garments_and_drops_the_nuisance(small_set, tmp_path, capsys):
+    """The same plan without nuisance: every image's corners are the plain grey background,
+    people share one body and carry nothing, their garments are their own; the manifest (and
+    build name) says so, and the default set is untouched."""
+    renderer = render.Renderer(3, 128, 64, sanity=True)
+    people = [renderer.person(pid) for pid in (1, 2, 3, 4)]
+    for a in people:
+        assert (a.skin, a.hair_style, a.stature) == (people[0].skin, people[0].hair_style,
+                                                     people[0].stature)
+        assert a.bag_type == a.hat == a.carried == "none"
+    normal = render.Renderer(3, 128, 64).person(2)
+    assert people[1].top_color == normal.top_color and people[1].lower_type == normal.lower_type
+    assert len({a.top_color for a in people}) == 4
+    assert renderer.camera(1).gain == (1.0, 1.0, 1.0) and renderer.camera(2).noise == 0.0
+    for spec in plan.plan_market(synthetic.market_args(seed=3, sanity=True, **SMALL))[:20]:
+        x = np.asarray(render.render_spec(renderer, spec, 8))
+        corners = x[[0, 0, -1, -1], [0, -1, 0, -1]]
+        assert (corners == 128).all() or spec.kind != "person", spec
+    root = generate_synthetic_market(str(tmp_path / "sane"), seed=3, sanity=True, **SMALL)
+    assert synthetic.read_manifest(root)["args"]["sanity"] is True
+    assert "sanity" not in synthetic.market_args(seed=3, **SMALL)  # old names stay
+    assert _tree_sha256(small_set) == SMALL_SEED3_SHA256
+    with pytest.raises(ValueError, match="sanity must be True or False"):
+        synthetic.market_args(sanity="yes")
+    assert cli([f"--out={tmp_path / 'cli'}", "--sanity", "--num_train_ids=2", "--num_test_ids=2",
+                "--images_per_id=4,4", "--num_distractors=0", "--num_junk=0",
+                "--num_cameras=2", "--workers=1"]) == 0
+    assert synthetic.read_manifest(str(tmp_path / "cli"))["args"]["sanity"] is True
+
+
 # ---------------------------------------------------------------------------------------------
 # The unlabeled pool
 # ---------------------------------------------------------------------------------------------

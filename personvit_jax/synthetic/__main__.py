@@ -9,7 +9,8 @@ Labelled set (default): Market-1501 layout and names, the arguments of `write.ma
 Training with data.name=synthetic generates and builds its set by itself; this command is for
 looking at one, or for handing the folder to other tools. --pool: the unlabeled pool of new
 people in many scenes, the arguments of `write.pool_args`. --style_seed: the cameras and scenes
-of another style domain. Defaults are those functions' defaults (--help lists them).
+of another style domain. --sanity: the same people without nuisance (plain background, ideal
+cameras, only garments differ). Defaults are those functions' defaults (--help lists them).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def define_flags(fv: flags.FlagValues) -> None:
         help_text = f"{where}; default " + ", ".join(f"{k} {v}" for k, v in shown.items())
         if name in _PAIRS:
             flags.DEFINE_list(name, None, help_text + " (LO,HI)", flag_values=fv)
+        elif isinstance(shown.get("set", shown.get("pool")), bool):
+            flags.DEFINE_boolean(name, None, help_text, flag_values=fv)
         else:
             flags.DEFINE_integer(name, None, help_text, flag_values=fv)
     flags.mark_flag_as_required("out", flag_values=fv)

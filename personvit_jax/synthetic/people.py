@@ -212,6 +212,17 @@ def person_attributes(pid: int, seed: int) -> PersonAttributes:
     return sample_attributes(stream(seed, TAG_PERSON, pid))
 
 
+def garments_only(a: PersonAttributes, body: PersonAttributes) -> PersonAttributes:
+    """`a`'s garments (top, its pattern and sleeves, lower garment, shoes) on `body`'s body,
+    skin and hair, with no bag, hat or carried object: people that differ only by what they
+    wear (the synthetic sets' sanity mode)."""
+    return dataclasses.replace(
+        body, top_color=a.top_color, top_color2=a.top_color2, top_pattern=a.top_pattern,
+        stripe_count=a.stripe_count, long_sleeves=a.long_sleeves, lower_type=a.lower_type,
+        lower_color=a.lower_color, lower_length=a.lower_length, shoe_color=a.shoe_color,
+        bag_type="none", hat="none", carried="none")
+
+
 # ---------------------------------------------------------------------------
 # Drawing a person
 # ---------------------------------------------------------------------------

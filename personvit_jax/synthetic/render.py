@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from personvit_jax.synthetic.people import (BAG_COLORS, FACINGS, TOP_COLORS, PersonAttributes,
-                                            Pose, person_attributes, person_layer, random_pose,
-                                            sample_attributes, shaded)
+                                            Pose, garments_only, person_attributes, person_layer,
+                                            random_pose, sample_attributes, shaded)
 from personvit_jax.synthetic.plan import DISTRACTOR_PERSON_BASE, JUNK_PERSON_BASE, ImageSpec
 from personvit_jax.synthetic.scenes import CameraStyle, camera_style, rand_color, scene_panorama
 from personvit_jax.synthetic.streams import TAG_TRACK, choice, stream
@@ -32,6 +32,9 @@ _SUPERSAMPLE = 2
 # Scales the per-image lighting change (exposure, white-balance drift, light
 # gradient across the crop) within one camera.
 _IMAGE_LIGHT_JITTER = 0.25
+# The sanity mode's plain background (mid grey) and the body every person shares there.
+_SANITY_BACKGROUND = (128, 128, 128, 255)
+_SANITY_BODY_PID = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,18 +56,38 @@ def normal_framing(rng: np.random.Generator, a: PersonAttributes) -> Framing:
 
 class Renderer:
     """Renders the images of one set (seed, output size, style domain); caches the styles and
-    panoramas of the cameras it has drawn. Output: RGB PIL images of height x width."""
+    panoramas of the cameras it has drawn. Output: RGB PIL images of height x width.
 
-    def __init__(self, seed: int, height: int, width: int, style_seed: Optional[int] = None):
+    sanity=True: the nuisance is gone. A plain grey background with no clutter, bystanders or
+    occluders, cameras without colour cast, optics, lighting or noise, and people who share one
+    body, skin and hair and carry nothing (`people.garments_only`); what remains is garments,
+    pose, facing and the detector box. A check of a method: what it cannot learn here, it will
+    not learn on the full set either."""
+
+    def __init__(self, seed: int, height: int, width: int, style_seed: Optional[int] = None,
+                 sanity: bool = False):
         self.seed, self.height, self.width, self.style_seed = seed, height, width, style_seed
+        self.sanity = sanity
         self.cw, self.ch = width * _SUPERSAMPLE, height * _SUPERSAMPLE
         self._cameras: dict[int, CameraStyle] = {}
         self._panoramas: dict[int, Image.Image] = {}
+        self._body = person_attributes(_SANITY_BODY_PID, seed)
 
     def camera(self, cam: int) -> CameraStyle:
         if cam not in self._cameras:
-            self._cameras[cam] = camera_style(cam, self.seed, self.style_seed)
+            style = camera_style(cam, self.seed, self.style_seed)
+            if self.sanity:  # an ideal sensor; people still cross it in its direction
+                style = dataclasses.replace(style, scene="plain", gain=(1.0, 1.0, 1.0),
+                                            offset=(0.0, 0.0, 0.0), brightness=1.0,
+                                            contrast=1.0, saturation=1.0, gamma=1.0, blur=0.0,
+                                            noise=0.0, resolution=1.0)
+            self._cameras[cam] = style
         return self._cameras[cam]
+
+    def person(self, pid: int) -> PersonAttributes:
+        """The appearance of `pid` in this set (garments only in the sanity mode)."""
+        a = person_attributes(pid, self.seed)
+        return garments_only(a, self._body) if self.sanity else a
 
     def panorama(self, cam: int) -> Image.Image:
         if cam not in self._panoramas:
@@ -73,7 +96,10 @@ class Renderer:
         return self._panoramas[cam]
 
     def background(self, rng: np.random.Generator, cam: int, zoom: float) -> Image.Image:
-        """A window of the camera's panorama plus per-image clutter."""
+        """A window of the camera's panorama plus per-image clutter (plain in the sanity
+        mode)."""
+        if self.sanity:
+            return Image.new("RGBA", (self.cw, self.ch), _SANITY_BACKGROUND)
         pano = self.panorama(cam)
         crop_h = pano.height * rng.uniform(0.6, 0.77) / zoom
         crop_h = min(crop_h, pano.height)
@@ -145,9 +171,12 @@ class Renderer:
             self.add_bystander(rng, canvas, front=True)
 
     def finish(self, rng: np.random.Generator, canvas: Image.Image, cam: int) -> Image.Image:
-        """Camera optics and colour: downsample, cast, lighting, blur, noise."""
+        """Camera optics and colour: downsample, cast, lighting, blur, noise (only the
+        downsampling in the sanity mode)."""
         style = self.camera(cam)
         img = canvas.convert("RGB").resize((self.width, self.height), Image.Resampling.BOX)
+        if self.sanity:
+            return img
         if style.resolution < 1.0:
             small = (max(8, int(self.width * style.resolution)),
                      max(16, int(self.height * style.resolution)))
@@ -178,17 +207,17 @@ class Renderer:
         """A normal detection of person ``a`` seen by camera ``cam``."""
         framing = framing or normal_framing(rng, a)
         canvas = self.background(rng, cam, zoom=framing.height)
-        if rng.random() < 0.25:
+        if rng.random() < 0.25 and not self.sanity:
             self.add_bystander(rng, canvas, front=False)
         self.add_person(canvas, a, random_pose(rng, facing), framing)
-        if rng.random() < occlusion:
+        if rng.random() < occlusion and not self.sanity:
             self.add_occluder(rng, canvas, framing)
         return self.finish(rng, canvas, cam)
 
     def render_empty(self, rng: np.random.Generator, cam: int) -> Image.Image:
         """A false detection: background and clutter, maybe a sliver of someone."""
         canvas = self.background(rng, cam, zoom=float(rng.uniform(0.6, 1.0)))
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and not self.sanity:
             self.add_bystander(rng, canvas, front=False)
         return self.finish(rng, canvas, cam)
 
@@ -204,12 +233,12 @@ def render_spec(renderer: Renderer, spec: ImageSpec, num_ids: int) -> Image.Imag
         bias = renderer.camera(spec.cam).facing_bias
         dominant = FACINGS[int((track.integers(0, 4) + bias) % 4)]
         facing = dominant if rng.random() < 0.7 else FACINGS[int(rng.integers(0, 4))]
-        return renderer.render_person(rng, spec.cam, person_attributes(spec.pid, seed), facing)
+        return renderer.render_person(rng, spec.cam, renderer.person(spec.pid), facing)
     if spec.kind == "distractor":
         mode = choice(rng, (("person", 0.55), ("empty", 0.25), ("partial", 0.2)))
         if mode == "empty":
             return renderer.render_empty(rng, spec.cam)
-        a = person_attributes(DISTRACTOR_PERSON_BASE + spec.key[1], seed)
+        a = renderer.person(DISTRACTOR_PERSON_BASE + spec.key[1])
         facing = FACINGS[int(rng.integers(0, 4))]
         if mode == "person":
             return renderer.render_person(rng, spec.cam, a, facing)
@@ -225,7 +254,7 @@ def render_spec(renderer: Renderer, spec: ImageSpec, num_ids: int) -> Image.Imag
         pid = int(rng.integers(1, num_ids + 1))
     else:
         pid = JUNK_PERSON_BASE + spec.key[1]
-    a = person_attributes(pid, seed)
+    a = renderer.person(pid)
     mode = choice(rng, (("zoom", 0.4), ("edge", 0.35), ("tiny", 0.25)))
     if mode == "zoom":
         framing = Framing(float(rng.uniform(2.0, 3.2)), float(-rng.uniform(0.2, 1.6)),

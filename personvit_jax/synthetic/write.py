@@ -43,12 +43,15 @@ _JPEG_QUALITY = 90
 def market_args(seed: int = 0, num_train_ids: int = 450, num_test_ids: int = 150,
                 num_cameras: int = 6, images_per_id: Sequence[int] = (4, 8),
                 num_distractors: int = 300, num_junk: int = 100, height: int = 128,
-                width: int = 64, style_seed: Optional[int] = None) -> dict:
+                width: int = 64, style_seed: Optional[int] = None,
+                sanity: bool = False) -> dict:
     """The labelled set's complete, checked generator arguments, as its manifest stores them.
 
     ``style_seed``: None = the original camera domain (drawn from ``seed``); an int = the
-    cameras and scenes of that style domain (scenes.py). It is stored only when set, so the
-    manifests (and build names) of sets made before it existed stay as they were.
+    cameras and scenes of that style domain (scenes.py). ``sanity``: the same plan rendered
+    without nuisance (render.Renderer: plain background, ideal cameras, people differing only
+    by garments). Each is stored only when set, so the manifests (and build names) of sets
+    made before it existed stay as they were.
     """
     args = {
         "seed": seed,
@@ -63,6 +66,8 @@ def market_args(seed: int = 0, num_train_ids: int = 450, num_test_ids: int = 150
     }
     if style_seed is not None:
         args["style_seed"] = style_seed
+    if sanity:
+        args["sanity"] = sanity
     _check_common(args)
     if not 2 <= args["num_cameras"] <= 9:
         raise ValueError(f"num_cameras={num_cameras!r}: must be in 2..9 (Market names have one "
@@ -86,12 +91,13 @@ def market_args(seed: int = 0, num_train_ids: int = 450, num_test_ids: int = 150
 
 def pool_args(seed: int = 0, num_images: int = 20_000, num_cameras: int = 300,
               images_per_id: Sequence[int] = (1, 6), cameras_per_id: Sequence[int] = (1, 3),
-              height: int = 128, width: int = 64, style_seed: Optional[int] = None) -> dict:
+              height: int = 128, width: int = 64, style_seed: Optional[int] = None,
+              sanity: bool = False) -> dict:
     """The unlabeled pool's complete, checked generator arguments: ``num_images`` images of new
     people (none of any labelled set's, plan.py), each person with ``images_per_id`` images
     (uniform, inclusive) seen by ``cameras_per_id`` of ``num_cameras`` cameras (each its own
-    scene and colour style, none of them a labelled set's camera). ``style_seed`` as for the
-    labelled set."""
+    scene and colour style, none of them a labelled set's camera). ``style_seed`` and
+    ``sanity`` as for the labelled set."""
     args = {
         "seed": seed,
         "num_images": int(num_images),
@@ -103,6 +109,8 @@ def pool_args(seed: int = 0, num_images: int = 20_000, num_cameras: int = 300,
     }
     if style_seed is not None:
         args["style_seed"] = style_seed
+    if sanity:
+        args["sanity"] = sanity
     _check_common(args)
     if not 1 <= args["num_images"] <= 5_000_000:
         raise ValueError(f"num_images={num_images!r}: must be in 1..5000000")
@@ -124,6 +132,8 @@ def _check_common(args: dict) -> None:
         value = args.get(key, 0)
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{key} must be a non-negative int, got {value!r}")
+    if not isinstance(args.get("sanity", False), bool):
+        raise ValueError(f"sanity must be True or False, got {args['sanity']!r}")
     if args["height"] < 16 or args["width"] < 8:
         raise ValueError(f"height={args['height']}, width={args['width']}: height must be >= 16 "
                          "and width >= 8")
@@ -215,7 +225,7 @@ def _write_set(root: str, format_name: str, version: int, args: dict,
         for folder in sorted({s.folder for s in specs}):
             os.makedirs(os.path.join(out, folder))
         render_args = (args["seed"], args["height"], args["width"], args.get("style_seed"),
-                       num_ids)
+                       num_ids, args.get("sanity", False))
         _render_all(out, specs, render_args, num_workers, log)
         manifest = {**head, "args": args, "counts": count(specs)}
         with open(os.path.join(out, MANIFEST), "w", encoding="utf-8") as f:
@@ -278,8 +288,8 @@ def _render_all(out: str, specs: list[ImageSpec], render_args: tuple, num_worker
 
 def _render_group(task: tuple) -> int:
     """Renders one camera's images (worker entry point); returns how many."""
-    out, (seed, height, width, style_seed, num_ids), specs = task
-    renderer = render.Renderer(seed, height, width, style_seed)
+    out, (seed, height, width, style_seed, num_ids, sanity), specs = task
+    renderer = render.Renderer(seed, height, width, style_seed, sanity)
     for spec in specs:
         image = render.render_spec(renderer, spec, num_ids)
         image.save(os.path.join(out, spec.folder, spec.name), "JPEG", quality=_JPEG_QUALITY)
