@@ -96,7 +96,8 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def report(workdir: str) -> dict:
+def report(workdir: str, emit_json: bool = True) -> dict:
+    """Logs each seed and mean +- SD; with `emit_json`, prints the summary as one JSON line."""
     rows = read_lines(os.path.join(workdir, "seeds.jsonl"))
     for r in rows:
         ci = r.get("mAP_ci95") or [float("nan")] * 2
@@ -106,7 +107,8 @@ def report(workdir: str) -> dict:
     for m, s in summary.items():
         log(f"{m}: {s['mean']:.4f} +- {s['sd']:.4f} (min {s['min']:.4f}, max {s['max']:.4f}, "
             f"n {s['n']})")
-    print(json.dumps({"workdir": workdir, "seeds": [r["seed"] for r in rows], **summary}))
+    if emit_json:
+        print(json.dumps({"workdir": workdir, "seeds": [r["seed"] for r in rows], **summary}))
     return summary
 
 
@@ -160,7 +162,8 @@ def main(argv=None) -> int:
                "wall_s": time.time() - start, "step": result.get("step")}
         with open(lines, "a") as f:
             f.write(json.dumps(row) + "\n")
-        report(workdir)
+        report(workdir, emit_json=False)
+    report(workdir)
     return 0
 
 

@@ -46,3 +46,41 @@ def test_extract_speed_bench_tiny():
     assert [r["backend"] for r in rows] == backends[:5 if have_torch else 3]
     assert all(r["batch"] == 1 and r["img_per_s"] > 0 for r in rows)
     assert all(r["max_abs_vs_jax"] < 1e-4 for r in rows)  # one function, five ways to run it
+
+
+def test_seed_spread_runs_each_seed_once_and_pins_its_command(tiny_data_dir, tmp_path):
+    from conftest import TINY_SYNTHETIC
+
+    tiny = {"data.data_dir": tiny_data_dir, "data.image_size": "(64,32)",
+            "data.num_ids_per_batch": 4, "data.pad": 4, "model.width": 64, "model.depth": 2,
+            "model.num_heads": 2, "model.patch_size": 8, "model.patch_stride": 8,
+            "model.pos_grid": "(8,4)", "eval.batch_size": 32, "optim.epochs": 1,
+            **{f"data.synthetic.{k}": v for k, v in TINY_SYNTHETIC.items()
+               if k != "images_per_id"}, "data.synthetic.images_per_id": "(6,10)"}
+    sets = [f"--set={k}={v}" for k, v in tiny.items()]
+    work = str(tmp_path / "spread")
+    (summary,) = _run("seed_spread.py", f"--workdir={work}", "--seeds=0,1", *sets)
+    assert summary["seeds"] == [0, 1] and summary["mAP"]["n"] == 2
+    rows = [json.loads(l) for l in open(os.path.join(work, "seeds.jsonl"))]
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert all(len(r["mAP_ci95"]) == 2 and r["step"] > 0 for r in rows)
+    assert summary["mAP"]["mean"] == pytest.approx((rows[0]["mAP"] + rows[1]["mAP"]) / 2)
+    # a rerun adds only the missing seed; another command in the same workdir is refused
+    (summary,) = _run("seed_spread.py", f"--workdir={work}", "--seeds=0,1,2", *sets)
+    assert summary["seeds"] == [0, 1, 2]
+    out = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "seed_spread.py"),
+                          f"--workdir={work}", "--set=optim.base_lr=1", *sets],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert out.returncode != 0 and "spread.json holds the runs of" in out.stderr
+
+
+def test_pretrain_probe_reads_a_runs_signals(pretrain_reference):
+    out = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "pretrain_probe.py"),
+                          str(pretrain_reference)], capture_output=True, text=True, cwd=REPO,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    header, _, row, raw = out.stdout.splitlines()[:4]
+    assert header.startswith("| run | steps | CLS loss (ln K)")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert int(cells[1]) > 0 and "(4.159)" in cells[2]  # ln 64
+    assert raw.startswith("raw 32x16 pixels on synthetic") and "mAP 0." in raw
