@@ -23,11 +23,25 @@ CONFIGS_DIR = configs_dir()
 
 
 def config_path(name: str) -> str:
-    """configs/<name>.py of this repository, or `name` itself when it is a path to a .py file
-    (as `--config=configs/finetune.py` gives it)."""
-    if name.endswith(".py"):
-        return os.path.abspath(os.path.expanduser(name))
-    return os.path.join(CONFIGS_DIR, f"{name}.py")
+    """The config file `name` names: a path to an existing .py file as given (a user's own
+    config wins), else the packaged config of that name (`finetune`, `finetune.py` and
+    `configs/finetune.py` all mean CONFIGS_DIR/finetune.py), so the README's commands work
+    from the installed package anywhere. A name with neither gives its path as typed (the
+    loader then lists the known configs)."""
+    given = os.path.abspath(os.path.expanduser(name))
+    if name.endswith(".py") and os.path.isfile(given):
+        return given
+    packaged = os.path.join(CONFIGS_DIR, os.path.basename(name).removesuffix(".py") + ".py")
+    if os.path.isfile(packaged):
+        return packaged
+    return given if name.endswith(".py") else packaged
+
+
+def resolve_config_spec(spec: str) -> str:
+    """'path/to/config.py[:arg]' (the --config flag's value) with the path made `config_path`'s:
+    `--config=finetune.py:synthetic` works wherever the user stands."""
+    path, colon, arg = spec.partition(":")
+    return config_path(path) + colon + arg
 
 
 def load_config_module(name: str):
@@ -35,7 +49,8 @@ def load_config_module(name: str):
     path = config_path(name)
     if not os.path.isfile(path):
         known = sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith(".py"))
-        raise FileNotFoundError(f"{path} does not exist: expected a config name in {known}")
+        raise FileNotFoundError(f"{path} does not exist: expected a config file or one of the "
+                                f"packaged configs {known} (in {CONFIGS_DIR})")
     stem = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(f"personvit_configs_{stem}", path)
     module = importlib.util.module_from_spec(spec)

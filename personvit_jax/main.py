@@ -14,12 +14,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from personvit_jax import cli
-from personvit_jax.config_args import load_config_spec
+from personvit_jax.config_args import CONFIGS_DIR, load_config_spec, resolve_config_spec
 from personvit_jax.training.logging import quiet_library_logs
 from personvit_jax.validation import check_override_keys
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<stage>.py[:args]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, f"Config file (configs/<stage>.py[:args]); a name of the packaged configs "
+    f"(finetune.py:synthetic, pretrain.py, usl.py, evaluate.py) works anywhere: {CONFIGS_DIR}",
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 for multi-process runs (else the "
@@ -66,7 +68,16 @@ def main(argv) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with one-line errors: a bad flag, a config file that refuses its
     argument, or a `--config.x.y=` override of a key that does not exist (ml_collections
-    reports those as a bare AttributeError)."""
+    reports those as a bare AttributeError). `--config=NAME.py` with no such file here means
+    the packaged config of that name."""
+    argv = [f"--config={resolve_config_spec(a.split('=', 1)[1])}" if a.startswith("--config=")
+            else a for a in argv]
+    spec = _config_spec(argv)
+    if spec is not None and not os.path.isfile(spec.partition(":")[0]):
+        try:  # one line naming the file and the packaged configs (absl would trace back)
+            load_config_spec(spec)
+        except Exception as e:  # noqa: BLE001 (report re-raises unexpected ones)
+            raise SystemExit(cli.report(e)) from e
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
