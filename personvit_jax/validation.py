@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Iterable, Optional
 
 import ml_collections
+from absl import logging
 
 from personvit_jax import files
 from personvit_jax.models.vit import vit_from_config
@@ -226,17 +228,68 @@ def check_workdir_config(cfg, workdir: str, has_checkpoint: bool) -> None:
                          f"the original values to resume")
 
 
-def prepare_workdir(cfg, workdir: str, is_main: bool) -> str:
+def prepare_workdir(cfg, workdir: str, is_main: bool, log=logging.warning) -> str:
     """Absolute workdir, created; refuses a config that cannot resume its checkpoints; then
-    (main process) writes config.json atomically (temp file + rename)."""
+    (main process) records the config: config.json is the one in force (written atomically),
+    and a run resumed with another config first keeps the earlier one as
+    config.<UTC time it was written>.json and logs the keys that changed."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     has_checkpoint = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
     check_workdir_config(cfg, workdir, has_checkpoint)
     if is_main:
-        files.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+        path, text = os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2)
+        kept = keep_config_revision(path, text)
+        if kept:
+            log("%s: the config differs from the one this workdir ran with (%s); the earlier "
+                "one is kept as %s", workdir, "; ".join(changed_keys(kept, text)), kept)
+        files.write_text(path, text)
     return workdir
+
+
+def keep_config_revision(path: str, new_text: str) -> Optional[str]:
+    """When `path` holds another config than `new_text`, copies it to config.<the UTC time it
+    was written>.json beside it (never over an existing file) and returns that path."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        old_text = f.read()
+    if _parsed(old_text) == _parsed(new_text):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(os.path.getmtime(path)))
+    base = os.path.join(os.path.dirname(path), f"config.{stamp}")
+    revision, n = base + ".json", 1
+    while os.path.exists(revision):
+        n += 1
+        revision = f"{base}-{n}.json"
+    files.write_text(revision, old_text, overwrite=False)
+    return revision
+
+
+def changed_keys(old_path: str, new_text: str) -> list[str]:
+    """'key: old -> new' for every dotted key whose value differs (or exists in one only)."""
+    with open(old_path) as f:
+        old = _flat(_parsed(f.read()))
+    new = _flat(_parsed(new_text))
+    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")]
+
+
+def _parsed(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # an unreadable earlier file is a revision of its own
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix or "<config>": tree}
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 # ---------------------------------------------------------------------------- command line

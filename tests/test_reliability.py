@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -425,3 +426,28 @@ def test_missing_data_and_bad_checkpoint_paths_are_one_line_before_any_work(tmp_
             run(str(tmp_path / f"w{i}"))
         user_error_line(failed.value, *names)
         assert not (tmp_path / f"w{i}" / "checkpoints").exists()
+
+
+def test_a_resume_with_another_config_keeps_the_earlier_one_and_names_the_changes(tmp_path):
+    from personvit_jax.config_args import load_config
+
+    first = load_config("finetune", "synthetic")
+    messages = []
+    log = lambda msg, *args: messages.append(msg % args)
+    work = str(tmp_path / "run")
+    validation.prepare_workdir(first, work, True, log=log)
+    validation.prepare_workdir(first, work, True, log=log)  # the same config: nothing kept
+    assert sorted(os.listdir(work)) == ["config.json"] and not messages
+    second = load_config("finetune", "synthetic")
+    second.optim.base_lr = 2e-3
+    second.eval.flip = True
+    validation.prepare_workdir(second, work, True, log=log)
+    revisions = [n for n in os.listdir(work) if n != "config.json"]
+    assert len(revisions) == 1 and re.fullmatch(r"config\.\d{8}T\d{6}Z\.json", revisions[0])
+    assert json.loads(open(os.path.join(work, revisions[0])).read())["optim"]["base_lr"] == 1e-3
+    assert json.loads(open(os.path.join(work, "config.json")).read())["optim"]["base_lr"] == 2e-3
+    (msg,) = messages
+    assert "eval.flip: False -> True; optim.base_lr: 0.001 -> 0.002" in msg and revisions[0] in msg
+    third = load_config("finetune", "synthetic")  # back to the first: a second revision
+    validation.prepare_workdir(third, work, True, log=log)
+    assert len(os.listdir(work)) == 3
