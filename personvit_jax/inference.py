@@ -15,6 +15,7 @@ the arrays is an error naming both, never a silently different model.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Callable, Optional
@@ -173,6 +174,27 @@ class LoadedModel:
             raise ValueError(f"{self.checkpoint}: the model has SIE camera embeddings for "
                              f"{self.num_cameras} cameras (ids 0-{self.num_cameras - 1}), but "
                              f"{what} has camera ids {sorted(set(bad.tolist()))[:8]}")
+
+    def feature_space(self, neck_feat: str = "before", normalize: bool = True,
+                      flip: bool = False) -> str:
+        """A 16-hex id of the function image -> feature this model computes with these
+        settings: SHA-256 over every variable (name, dtype, shape, bytes), the architecture,
+        the preprocessing and the feature settings. Two feature files are comparable iff
+        their ids are equal (the same weights under another name still match)."""
+        h = hashlib.sha256()
+        for name, leaf in sorted(trees.flatten(self.variables).items()):
+            x = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"{name}|{x.dtype.str}|{x.shape}|".encode())
+            h.update(x.tobytes())
+        p = self.preprocessing
+        arch = {k: v for k, v in self.model_config.to_dict().items()
+                if k not in ("drop_path_rate", "remat")}  # training-only fields
+        h.update(json.dumps({"kind": self.kind, "model": arch, "image_size": list(p.image_size),
+                             "mean": [float(v) for v in p.mean],
+                             "std": [float(v) for v in p.std], "neck_feat": neck_feat,
+                             "normalize": bool(normalize), "flip": bool(flip)},
+                            sort_keys=True, default=str).encode())
+        return h.hexdigest()[:16]
 
     def embed_fn(self, neck_feat: str = "before", normalize: bool = True,
                  flip: bool = False) -> EmbedFn:

@@ -104,3 +104,37 @@ def test_command_line_look_up_and_errors(backbone_ckpt, image_folder, tmp_path):
         extract.load_gallery(str(tmp_path / "r.png"))
     with pytest.raises(FileNotFoundError, match="no .jpg/.png|does not exist"):
         extract.folder_split(str(tmp_path / "nothing"))
+
+
+def test_a_gallery_of_another_model_or_preprocessing_is_refused(backbone_ckpt, image_folder,
+                                                                tmp_path):
+    ckpt, vit, params = backbone_ckpt
+    out = str(tmp_path / "g.npz")
+    extract.extract_folder(_config(ckpt), image_folder, out)
+    feats, paths, settings = extract.load_gallery(out)
+    assert len(settings["feature_space"]) == 16
+    query = paths[0]
+    ok = extract.look_up(_config(ckpt), query, feats, paths, 2, str(tmp_path / "ok.png"),
+                         gallery=(out, settings))
+    assert ok[0][0] == query
+    flipped = _config(ckpt)
+    flipped.eval.flip = True
+    with pytest.raises(ValueError, match=r"another model or preprocessing.*flip False vs True"):
+        extract.look_up(flipped, query, feats, paths, 2, str(tmp_path / "f.png"),
+                        gallery=(out, settings))
+    # the same architecture and preprocessing with other weights
+    other = tmp_path / "other"
+    other.mkdir()
+    with open(os.path.join(ckpt, "config.json")) as f:
+        (other / "config.json").write_text(f.read())
+    moved = jax.tree.map(lambda x: x + 1e-3, params)
+    c = Checkpointer(str(other / "checkpoints"))
+    c.save(0, {"params": {"backbone": moved}}, force=True)
+    c.close()
+    with pytest.raises(ValueError, match=r"another model or preprocessing.*checkpoint"):
+        extract.look_up(_config(str(other)), query, feats, paths, 2, str(tmp_path / "o.png"),
+                        gallery=(out, settings))
+    old = {k: v for k, v in settings.items() if k != "feature_space"}
+    with pytest.raises(ValueError, match="records no feature_space"):
+        extract.look_up(_config(ckpt), query, feats, paths, 2, str(tmp_path / "x.png"),
+                        gallery=(out, old))

@@ -87,7 +87,8 @@ def embed_split(config, split: Split, label: str, camera_id: Optional[int] = Non
     p = loaded.preprocessing
     feats = extract_features(embed, split, p, mesh, e.batch_size, config.data.num_workers,
                              config.data.prefetch, progress=progress_printer(label))
-    settings = {"checkpoint": loaded.checkpoint, "kind": loaded.kind,
+    settings = {"feature_space": loaded.feature_space(e.neck_feat, e.normalize, e.flip),
+                "checkpoint": loaded.checkpoint, "kind": loaded.kind,
                 "model": loaded.model_config.name, "image_size": np.asarray(p.image_size),
                 "mean": np.asarray(p.mean), "std": np.asarray(p.std), "flip": bool(e.flip),
                 "neck_feat": e.neck_feat, "normalize": bool(e.normalize),
@@ -115,25 +116,52 @@ def extract_folder(config, root: str, output: str | None = None, overwrite: bool
     return feats, split.paths
 
 
-def load_gallery(path: str) -> tuple[np.ndarray, list[str]]:
-    """(features, absolute image paths) of a .npz written by this tool."""
+def load_gallery(path: str) -> tuple[np.ndarray, list[str], dict]:
+    """(features, absolute image paths, the settings it was made with) of a .npz written by
+    this tool."""
     try:
         with np.load(path) as z:
             feats, names, root = z["features"], z["names"], str(z["root"])
+            settings = {k: z[k].tolist() for k in z.files if k not in ("features", "names")}
     except (OSError, KeyError, ValueError) as e:
         raise ValueError(f"{path}: not a features file written by personvit_jax.tools.extract "
                          f"(needs features, names, root): {e}") from e
-    return feats, [os.path.join(root, str(n)) for n in names]
+    return feats, [os.path.join(root, str(n)) for n in names], settings
+
+
+def check_same_feature_space(gallery: str, gallery_settings: dict, query_settings: dict) -> None:
+    """Features are compared only with features of the same model and preprocessing (their
+    `feature_space` ids); a file without one predates the check and is refused too."""
+    have, want = gallery_settings.get("feature_space"), query_settings["feature_space"]
+    if have == want:
+        return
+    if have is None:
+        raise ValueError(f"--gallery={gallery}: the file records no feature_space (written "
+                         "before the check): extract the gallery again with this checkpoint")
+    diffs = [f"{k} {gallery_settings.get(k)!r} vs {query_settings[k]!r}"
+             for k in ("checkpoint", "model", "image_size", "mean", "std", "neck_feat", "flip",
+                       "normalize")
+             if np.asarray(gallery_settings.get(k)).tolist() != np.asarray(query_settings[k]
+                                                                          ).tolist()]
+    raise ValueError(f"--gallery={gallery}: its features come from another model or "
+                     f"preprocessing (feature_space {have} vs {want}"
+                     f"{': ' + '; '.join(diffs) if diffs else ', other weights'}): extract the "
+                     f"gallery again with --checkpoint={query_settings['checkpoint']}")
 
 
 def look_up(config, query: str, g_feats: np.ndarray, g_paths: list[str], top: int,
-            draw: str, overwrite: bool = False, camera_id: Optional[int] = None
-            ) -> list[tuple[str, float]]:
-    """Prints and draws the `top` gallery images nearest to the image `query`."""
+            draw: str, overwrite: bool = False, camera_id: Optional[int] = None,
+            gallery: Optional[tuple[str, dict]] = None) -> list[tuple[str, float]]:
+    """Prints and draws the `top` gallery images nearest to the image `query`; `gallery`:
+    (file, its settings) when the gallery was read from a features file (checked to be of
+    the same feature space)."""
     if not os.path.isfile(query):
         raise FileNotFoundError(f"--query={query}: no such image")
     refuse_existing(draw, overwrite)
-    q_feats, _ = embed_split(config, Split.from_paths("query", [query]), "query", camera_id)
+    q_feats, q_settings = embed_split(config, Split.from_paths("query", [query]), "query",
+                                      camera_id)
+    if gallery is not None:
+        check_same_feature_space(*gallery, q_settings)
     dist = distances.pairwise_distances(q_feats, g_feats, config.eval.metric)[0]
     best = visualize.top_k_rows(dist, top)
     found = [(g_paths[j], float(dist[j])) for j in best]
@@ -155,15 +183,17 @@ def run(fv: flags.FlagValues) -> int:
         raise ValueError("give --images=FOLDER (to extract) or --gallery=F.npz (to search)")
     if fv.query is None and not fv.output:
         raise ValueError("give --output=F.npz (extract) and/or --query=IMAGE (look up)")
+    gallery = None
     if fv.images:
         g_feats, g_paths = extract_folder(config, fv.images, fv.output, fv.overwrite,
                                           fv.camera_id)
     else:
-        g_feats, g_paths = load_gallery(fv.gallery)
+        g_feats, g_paths, g_settings = load_gallery(fv.gallery)
+        gallery = (fv.gallery, g_settings)
     if fv.query:
         stem = os.path.splitext(os.path.basename(fv.query))[0]
         look_up(config, fv.query, g_feats, g_paths, fv.top,
-                fv.draw or f"{stem}_top{fv.top}.png", fv.overwrite, fv.camera_id)
+                fv.draw or f"{stem}_top{fv.top}.png", fv.overwrite, fv.camera_id, gallery)
     return 0
 
 
