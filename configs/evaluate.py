@@ -12,7 +12,8 @@ any `--config.model.*` / `--config.data.image_size|mean|std` field given here ov
 Without a config.json, name the architecture: `--config.model.name=vit_small` (the other fields
 then default to configs/finetune.py).
 
-`arg`: `dataset=` market1501 | dukemtmc | msmt17 | occluded_duke | synthetic.
+`arg`: `dataset=` market1501 | dukemtmc | occluded_duke | msmt17 | msmt17_v2 | reid_folder (your
+own prepared folder) | synthetic.
 """
 
 import ml_collections
@@ -31,7 +32,8 @@ def get_config(arg=None):
 
     # ---------------------------------------------------------------- data
     c.data = d = ml_collections.ConfigDict()
-    d.name = args["dataset"]  # market1501 | dukemtmc | msmt17 | occluded_duke | synthetic
+    d.name = args["dataset"]  # market1501 | dukemtmc | occluded_duke | msmt17 | msmt17_v2 |
+    #                           reid_folder | synthetic
     d.data_dir = "data"  # folder holding the dataset's folder
     d.image_size = placeholder(tuple)  # (height, width); None = the checkpoint's (else 256x128)
     d.mean = placeholder(tuple)  # normalisation; None = the checkpoint's (else 0.5, PersonViT)

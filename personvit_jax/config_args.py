@@ -129,4 +129,5 @@ def cpu_sized_reid(c) -> None:
     c.optim.name = "adamw"
     c.optim.base_lr = 1e-3
     c.optim.weight_decay = 0.05
+    c.optim.weight_decay_bias = 0.0  # AdamW decays matrices only
     c.optim.bias_lr_factor = 1.0

@@ -105,6 +105,13 @@ def _check_reid_optim(cfg) -> None:
     _check_choice(cfg, "optim.name", ("sgd", "adamw"))
     if _get(cfg, "optim.clip_grad") < 0:
         _fail("optim.clip_grad", _get(cfg, "optim.clip_grad"), "expected >= 0 (0 = no clipping)")
+    # Keys a combination would ignore are refused, not dropped silently.
+    if cfg.optim.name == "adamw" and _get(cfg, "optim.weight_decay_bias"):
+        _fail("optim.weight_decay_bias", _get(cfg, "optim.weight_decay_bias"),
+              "adamw never decays biases (decoupled decay on matrices only): 0, or optim.name=sgd")
+    if cfg.optim.get("schedule", "cosine") == "step" and _get(cfg, "optim.warmup_epochs"):
+        _fail("optim.warmup_epochs", _get(cfg, "optim.warmup_epochs"),
+              "optim.schedule='step' has no warm-up: 0, or optim.schedule='cosine'")
 
 
 def check_finetune_config(cfg) -> None:

@@ -75,3 +75,18 @@ def test_trainer_takes_a_packaged_config_by_name_outside_the_checkout(tiny_data_
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
         "error: ") and "packaged configs" in bad.stderr
+
+
+def test_keys_a_combination_would_ignore_are_refused():
+    from personvit_jax import validation
+
+    c = load_config("finetune", "synthetic")  # adamw
+    validation.check_finetune_config(c)
+    c.optim.weight_decay_bias = 1e-4
+    with pytest.raises(ValueError, match="optim.weight_decay_bias=0.0001.*adamw never decays"):
+        validation.check_finetune_config(c)
+    u = load_config("usl", "synthetic")  # StepLR
+    validation.check_usl_config(u)
+    u.optim.warmup_epochs = 5
+    with pytest.raises(ValueError, match="optim.warmup_epochs=5.*'step' has no warm-up"):
+        validation.check_usl_config(u)
