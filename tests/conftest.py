@@ -2,6 +2,7 @@
 a tiny fine-tune config (ViT depth 2, width 64, 64x32 inputs)."""
 
 import atexit
+import json
 import os
 import shutil
 import sys
@@ -30,6 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHT_FIXTURES = os.path.join(REPO, "tests", "fixtures", "weights")
 sys.path.insert(0, REPO)
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from personvit_jax.config_args import load_config  # noqa: E402
@@ -169,6 +171,29 @@ def learn_data_dir(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("learn_data"))
     build.prepare(data_dir, LEARN_SYNTHETIC)
     return data_dir
+
+
+def load_step_fixture(folder: str) -> tuple[dict, dict]:
+    """(settings.json, the arrays of step.npz) of a training-step fixture folder."""
+    with open(os.path.join(folder, "settings.json")) as f:
+        settings = json.load(f)
+    with np.load(os.path.join(folder, "step.npz")) as f:
+        return settings, {k: f[k] for k in f.files}
+
+
+def shuffle_train_labels(load_splits):
+    """A `pipeline.load_splits` whose train split has its identity labels permuted (seeded):
+    the same images, labels that no longer follow them."""
+    from personvit_jax.data import pipeline
+
+    def shuffled(*a, **kw):
+        splits = load_splits(*a, **kw)
+        train = splits["train"]
+        perm = np.random.default_rng(0).permutation(len(train))
+        return dict(splits, train=pipeline.select_rows(train, np.arange(len(train)),
+                                                       train.pids[perm]))
+
+    return shuffled
 
 
 def tiny_reid_sizes(c, num_ids_per_batch: int) -> None:

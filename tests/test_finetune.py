@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import LEARN_SYNTHETIC, REPO, TINY_SYNTHETIC, assert_trees, tiny_finetune_config
+from conftest import (LEARN_SYNTHETIC, REPO, TINY_SYNTHETIC, assert_trees, shuffle_train_labels,
+                      tiny_finetune_config)
 from personvit_jax.data import pipeline
 from personvit_jax.stages import finetune
 from personvit_jax.training.checkpointing import load_state_tree
@@ -51,16 +52,7 @@ def test_training_learns_and_shuffled_labels_do_not(learn_data_dir, tmp_path, mo
     lo, hi = trained["mAP_ci95"]
     assert lo < trained["mAP"] < hi
 
-    load = pipeline.load_splits
-
-    def shuffled(*a, **kw):  # the same images, the train labels permuted
-        splits = load(*a, **kw)
-        train = splits["train"]
-        perm = np.random.default_rng(0).permutation(len(train))
-        return dict(splits, train=pipeline.select_rows(train, np.arange(len(train)),
-                                                       train.pids[perm]))
-
-    monkeypatch.setattr(pipeline, "load_splits", shuffled)
+    monkeypatch.setattr(pipeline, "load_splits", shuffle_train_labels(pipeline.load_splits))
     noise = finetune.train(_learn_config(learn_data_dir), str(tmp_path / "shuffled"))
     assert noise["mAP"] < trained["mAP"] - SHUFFLED_GAP, (noise, trained)
 

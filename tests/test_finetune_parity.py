@@ -5,7 +5,6 @@ transcription of PersonViT's do_train (written by tests/fixtures/make_finetune_s
 which says what the three steps exercise), and our optimizer applies PersonViT's LR to every
 weight and bias at every iteration of that run. No PyTorch needed here."""
 
-import json
 import os
 import sys
 
@@ -14,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_step_fixture
 from personvit_jax import trees
 from personvit_jax.config_args import load_config
 from personvit_jax.models.reid import reid_model_from_config
@@ -25,16 +24,6 @@ from personvit_jax.training import optim
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "finetune_step")
 sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
 ATOL = 1e-5  # parameters and statistics, absolute
-
-
-def _settings() -> dict:
-    with open(os.path.join(FIXTURE, "settings.json")) as f:
-        return json.load(f)
-
-
-def _arrays() -> dict:
-    with np.load(os.path.join(FIXTURE, "step.npz")) as f:
-        return {k: f[k] for k in f.files}
 
 
 def personvit_config(s: dict):
@@ -95,7 +84,7 @@ def run_our_steps(cfg, s: dict, arrays: dict):
 
 @pytest.fixture(scope="module")
 def parity():
-    s, arrays = _settings(), _arrays()
+    s, arrays = load_step_fixture(FIXTURE)
     cfg = personvit_config(s)
     state, metrics, tx, lr_schedule = run_our_steps(cfg, s, arrays)
     return s, arrays, cfg, state, metrics, tx, lr_schedule

@@ -4,7 +4,6 @@ centres of a PyTorch transcription of bytedance/ibot's train_one_epoch (written 
 tests/fixtures/make_ibot_step_fixtures.py, which says what the three steps exercise), and our
 schedules give iBOT's values at every iteration of that run. No PyTorch needed here."""
 
-import json
 import os
 import sys
 
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_step_fixture
 from personvit_jax import trees
 from personvit_jax.config_args import load_config
 from personvit_jax.data import color_augment
@@ -23,16 +22,6 @@ from personvit_jax.tools import convert
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "ibot_step")
 sys.path.insert(0, os.path.join(REPO, "tests", "fixtures"))
-
-
-def _settings() -> dict:
-    with open(os.path.join(FIXTURE, "settings.json")) as f:
-        return json.load(f)
-
-
-def _arrays() -> dict:
-    with np.load(os.path.join(FIXTURE, "step.npz")) as f:
-        return {k: f[k] for k in f.files}
 
 
 def ibot_config(s: dict):
@@ -110,7 +99,7 @@ def run_our_steps(cfg, s: dict, arrays: dict):
 
 @pytest.fixture(scope="module")
 def parity():
-    s, arrays = _settings(), _arrays()
+    s, arrays = load_step_fixture(FIXTURE)
     cfg = ibot_config(s)
     state, metrics, schedules = run_our_steps(cfg, s, arrays)
     return s, arrays, state, metrics, schedules

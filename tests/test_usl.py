@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_SYNTHETIC, tiny_usl_config
+from conftest import REPO, TINY_SYNTHETIC, shuffle_train_labels, tiny_usl_config
 from personvit_jax import clustering, losses
 from personvit_jax.config_args import load_config
 from personvit_jax.data import pipeline
@@ -233,16 +233,7 @@ def test_stage_reports_clustering_and_the_start(usl_runs):
 def test_train_labels_are_never_read(usl_runs, monkeypatch, tmp_path):
     """Shuffled identities of the train split: bit-identical training (only the clustering's
     purity / NMI, which score against them, change)."""
-    load = pipeline.load_splits
-
-    def shuffled(*a, **kw):
-        splits = load(*a, **kw)
-        train = splits["train"]
-        perm = np.random.default_rng(0).permutation(len(train))
-        return dict(splits, train=pipeline.select_rows(train, np.arange(len(train)),
-                                                       train.pids[perm]))
-
-    monkeypatch.setattr(pipeline, "load_splits", shuffled)
+    monkeypatch.setattr(pipeline, "load_splits", shuffle_train_labels(pipeline.load_splits))
     usl.train(usl_runs["cfg"], str(tmp_path / "shuffled"))
     _assert_same_state(_state(usl_runs["dir"] / "full"), _state(tmp_path / "shuffled"))
 
