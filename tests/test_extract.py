@@ -138,3 +138,44 @@ def test_a_gallery_of_another_model_or_preprocessing_is_refused(backbone_ckpt, i
     with pytest.raises(ValueError, match="records no feature_space"):
         extract.look_up(_config(ckpt), query, feats, paths, 2, str(tmp_path / "x.png"),
                         gallery=(out, old))
+
+
+def test_two_feature_files_give_the_model_based_metrics(tiny_config, tiny_data_dir, tmp_path,
+                                                        capsys):
+    """personvit-extract on the synthetic set's query/ and bounding_box_test/ folders, then
+    metrics from the two files alone (ids and cameras from the Market names, or a CSV) = the
+    fine-tune run's own evaluation of the same images."""
+    from conftest import TINY_SYNTHETIC
+    from personvit_jax.data import layouts
+    from personvit_jax.stages import finetune
+    from personvit_jax.synthetic import build
+
+    run = str(tmp_path / "run")
+    result = finetune.train(tiny_config(**{"optim.epochs": 1}), run)
+    market = os.path.join(layouts.dataset_root("synthetic", tiny_data_dir),
+                          build.build_name(build.resolve_args(TINY_SYNTHETIC)))
+    files = {}
+    for split, folder in (("q", "query"), ("g", "bounding_box_test")):
+        files[split] = str(tmp_path / f"{split}.npz")
+        extract.extract_folder(_config(run), os.path.join(market, folder), files[split])
+    got = extract.evaluate_feature_files(files["q"], files["g"])
+    for key in ("mAP", "mINP", "rank1", "rank5"):
+        assert got[key] == pytest.approx(result[key], abs=1e-5), key
+    assert got["num_valid_queries"] == result["num_valid_queries"]
+    assert got["mAP_ci95"] == pytest.approx(result["mAP_ci95"], abs=1e-5)
+    # the same labels from a CSV ('name,pid,camid', names as stored in the files)
+    rows = ["name,pid,camid"]
+    for path in files.values():
+        for name in np.load(path)["names"]:
+            pid, cam = layouts.parse_market_name(str(name))
+            rows.append(f"{name},{pid},{cam - 1}")
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    assert extract.evaluate_feature_files(files["q"], files["g"], str(csv_path))["mAP"] == got["mAP"]
+    csv_path.write_text("\n".join(rows[:3]) + "\n")
+    with pytest.raises(ValueError, match="not in --labels"):
+        extract.evaluate_feature_files(files["q"], files["g"], str(csv_path))
+    # the command line prints the summary as one JSON line
+    capsys.readouterr()
+    assert extract.main([f"--query_features={files['q']}", f"--gallery={files['g']}"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mAP"] == got["mAP"]

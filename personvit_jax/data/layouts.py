@@ -103,6 +103,16 @@ def relabel_pids(pids: np.ndarray) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+def parse_market_name(path: str) -> tuple[int, int]:
+    """(pid, 1-based camera) of a Market-1501-style file name (PPPP_cC..., e.g.
+    0002_c1s1_000451_03.jpg; pid -1 = junk, 0 = distractor), or a ValueError naming the file."""
+    m = _MARKET_NAME_RE.match(os.path.basename(path))
+    if m is None:
+        raise ValueError(f"{path}: file name does not follow the Market-1501 pattern "
+                         "PPPP_cC..., e.g. 0002_c1s1_000451_03.jpg")
+    return int(m.group(1)), int(m.group(2))
+
+
 def parse_market_dir(directory: str, num_cameras: int, relabel: bool = False) -> Split:
     """Reads one Market-layout folder; drops junk (pid -1); sorted by file name."""
     if not os.path.isdir(directory):
@@ -112,11 +122,7 @@ def parse_market_dir(directory: str, num_cameras: int, relabel: bool = False) ->
     for name in sorted(os.listdir(directory)):
         if not name.lower().endswith(".jpg"):
             continue  # e.g. Thumbs.db in the official archive
-        m = _MARKET_NAME_RE.match(name)
-        if m is None:
-            raise ValueError(f"{os.path.join(directory, name)}: file name does not follow the "
-                             "Market-1501 pattern PPPP_cC..., e.g. 0002_c1s1_000451_03.jpg")
-        pid, cam = int(m.group(1)), int(m.group(2))
+        pid, cam = parse_market_name(os.path.join(directory, name))
         if pid == -1:
             junk += 1
             continue

@@ -5,6 +5,9 @@ r"""Features of a folder of images, and nearest-neighbour look-ups against them.
   # the K gallery images nearest to one query image: printed, and drawn as a rank list
   python -m personvit_jax.tools.extract --checkpoint=DIR --gallery=F.npz --query=IMG --top=K
   python -m personvit_jax.tools.extract --checkpoint=DIR --images=FOLDER --query=IMG --top=K
+  # Market-1501 metrics of two feature files (no model): ids and cameras from Market-style
+  # file names (0002_c1s1_...jpg), or from --labels=CSV rows 'name,pid,camid' (names as stored)
+  python -m personvit_jax.tools.extract --query_features=Q.npz --gallery=G.npz [--labels=CSV]
 
 Preprocessing is the official test one: resize to the checkpoint's image size (its saved
 config; else 256x128), bilinear, normalised with its mean/std (else 0.5 / 0.5, PersonViT and
@@ -16,8 +19,10 @@ Nothing is overwritten unless --overwrite is given.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
+import json
 import os
 import sys
 from typing import Optional
@@ -30,8 +35,9 @@ from ml_collections import config_flags
 from personvit_jax import cli, files, inference, validation
 from personvit_jax.config_args import config_path
 from personvit_jax.data.augment import load_rgb
+from personvit_jax.data import layouts
 from personvit_jax.data.layouts import Split, list_images
-from personvit_jax.evaluation import distances, visualize
+from personvit_jax.evaluation import RetrievalEvaluator, distances, visualize
 from personvit_jax.evaluation.features import extract_features, progress_printer
 from personvit_jax.training import sharding
 
@@ -56,7 +62,12 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_boolean("overwrite", False, "Replace existing output files.", flag_values=fv)
     flags.DEFINE_integer("camera_id", None, "Camera id (0-based) of the images, for models "
                          "with SIE camera embeddings.", flag_values=fv)
-    flags.mark_flag_as_required("checkpoint", flag_values=fv)
+    flags.DEFINE_string("query_features", None, "A .npz written by --output: evaluate it as the "
+                        "query set against --gallery (Market-1501 metrics; no model needed).",
+                        flag_values=fv)
+    flags.DEFINE_string("labels", None, "CSV of 'name,pid,camid' rows for --query_features / "
+                        "--gallery (names as the files store them; pid -1 = junk, left out); "
+                        "default: Market-style file names.", flag_values=fv)
 
 
 def folder_split(root: str) -> Split:
@@ -138,15 +149,78 @@ def check_same_feature_space(gallery: str, gallery_settings: dict, query_setting
     if have is None:
         raise ValueError(f"--gallery={gallery}: the file records no feature_space (written "
                          "before the check): extract the gallery again with this checkpoint")
-    diffs = [f"{k} {gallery_settings.get(k)!r} vs {query_settings[k]!r}"
+    diffs = [f"{k} {gallery_settings.get(k)!r} vs {query_settings.get(k)!r}"
              for k in ("checkpoint", "model", "image_size", "mean", "std", "neck_feat", "flip",
                        "normalize")
-             if np.asarray(gallery_settings.get(k)).tolist() != np.asarray(query_settings[k]
-                                                                          ).tolist()]
+             if np.asarray(gallery_settings.get(k)).tolist() != np.asarray(
+                 query_settings.get(k)).tolist()]
     raise ValueError(f"--gallery={gallery}: its features come from another model or "
                      f"preprocessing (feature_space {have} vs {want}"
                      f"{': ' + '; '.join(diffs) if diffs else ', other weights'}): extract the "
-                     f"gallery again with --checkpoint={query_settings['checkpoint']}")
+                     f"gallery again with --checkpoint={query_settings.get('checkpoint')}")
+
+
+def feature_file_labels(path: str, names: list[str], labels: Optional[dict]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """pids, 0-based camids [N] of a features file's images: from `labels` ({name: (pid,
+    camid)}) or their Market-style names."""
+    if labels is not None:
+        missing = [n for n in names if n not in labels]
+        if missing:
+            raise ValueError(f"{path}: {len(missing)} image(s) not in --labels, e.g. "
+                             f"{missing[0]!r}")
+        rows = [labels[n] for n in names]
+        return (np.asarray([r[0] for r in rows], np.int32),
+                np.asarray([r[1] for r in rows], np.int32))
+    try:
+        rows = [layouts.parse_market_name(n) for n in names]
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}; or give --labels=CSV") from None
+    return (np.asarray([r[0] for r in rows], np.int32),
+            np.asarray([r[1] - 1 for r in rows], np.int32))
+
+
+def read_labels(csv_path: str) -> dict:
+    """{name: (pid, camid)} of a 'name,pid,camid' CSV (an optional header)."""
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"--labels={csv_path}: no such file")
+    out = {}
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        for line_no, row in enumerate(csv.reader(f), 1):
+            if not row or (line_no == 1 and row[:3] == ["name", "pid", "camid"]):
+                continue
+            try:
+                out[row[0].strip()] = (int(row[1]), int(row[2]))
+            except (IndexError, ValueError):
+                raise ValueError(f"{csv_path}:{line_no}: expected 'name,pid,camid' with "
+                                 f"integer pid and camid, got {','.join(row)!r}") from None
+    return out
+
+
+def evaluate_feature_files(query: str, gallery: str, labels_csv: Optional[str] = None,
+                           metric: str = "euclidean") -> dict:
+    """Market-1501 metrics (with bootstrap intervals) of the features in two files written by
+    `extract_folder`, through the one retrieval evaluator; they must share a feature space.
+    Junk (pid -1) is left out, as the benchmarks' parsers do."""
+    labels = read_labels(labels_csv) if labels_csv else None
+    sets = []
+    for path in (query, gallery):
+        feats, paths, settings = load_gallery(path)
+        root = str(settings["root"])
+        names = [os.path.relpath(p, root) for p in paths]
+        pids, camids = feature_file_labels(path, names, labels)
+        keep = pids != -1
+        sets.append((feats[keep], Split(os.path.basename(path), [p for p, k in zip(paths, keep)
+                                                                   if k], pids[keep],
+                                        camids[keep]), settings))
+    (qf, q_split, q_settings), (gf, g_split, g_settings) = sets
+    if "feature_space" not in q_settings:
+        raise ValueError(f"--query_features={query}: the file records no feature_space "
+                         "(written before the check): extract it again")
+    check_same_feature_space(gallery, g_settings, q_settings)
+    evaluator = RetrievalEvaluator(q_split, g_split, preprocessing=None, mesh=None,
+                                   batch_size=0, metric=metric)
+    return evaluator.metrics(qf, gf).summary
 
 
 def look_up(config, query: str, g_feats: np.ndarray, g_paths: list[str], top: int,
@@ -178,6 +252,15 @@ def look_up(config, query: str, g_feats: np.ndarray, g_paths: list[str], top: in
 
 def run(fv: flags.FlagValues) -> int:
     config = fv.config
+    if fv.query_features:
+        if not fv.gallery:
+            raise ValueError("--query_features needs --gallery=G.npz to evaluate against")
+        summary = evaluate_feature_files(fv.query_features, fv.gallery, fv.labels,
+                                         config.eval.metric)
+        print(json.dumps(summary))
+        return 0
+    if not fv.checkpoint:
+        raise ValueError("give --checkpoint=DIR (or --query_features=Q.npz --gallery=G.npz)")
     config.checkpoint = fv.checkpoint
     if not (fv.images or fv.gallery):
         raise ValueError("give --images=FOLDER (to extract) or --gallery=F.npz (to search)")
