@@ -198,10 +198,11 @@ def read_labels(csv_path: str) -> dict:
 
 
 def evaluate_feature_files(query: str, gallery: str, labels_csv: Optional[str] = None,
-                           metric: str = "euclidean") -> dict:
-    """Market-1501 metrics (with bootstrap intervals) of the features in two files written by
-    `extract_folder`, through the one retrieval evaluator; they must share a feature space.
-    Junk (pid -1) is left out, as the benchmarks' parsers do."""
+                           metric: str = "euclidean", rerank: bool = False) -> dict:
+    """Market-1501 metrics (with bootstrap intervals; k-reciprocal re-ranked ones under
+    "rerank" with `rerank`) of the features in two files written by `extract_folder`, through
+    the one retrieval evaluator; they must share a feature space. Junk (pid -1) is left out,
+    as the benchmarks' parsers do."""
     labels = read_labels(labels_csv) if labels_csv else None
     sets = []
     for path in (query, gallery):
@@ -219,7 +220,7 @@ def evaluate_feature_files(query: str, gallery: str, labels_csv: Optional[str] =
                          "(written before the check): extract it again")
     check_same_feature_space(gallery, g_settings, q_settings)
     evaluator = RetrievalEvaluator(q_split, g_split, preprocessing=None, mesh=None,
-                                   batch_size=0, metric=metric)
+                                   batch_size=0, metric=metric, rerank=True if rerank else None)
     return evaluator.metrics(qf, gf).summary
 
 
@@ -256,7 +257,7 @@ def run(fv: flags.FlagValues) -> int:
         if not fv.gallery:
             raise ValueError("--query_features needs --gallery=G.npz to evaluate against")
         summary = evaluate_feature_files(fv.query_features, fv.gallery, fv.labels,
-                                         config.eval.metric)
+                                         config.eval.metric, config.eval.rerank)
         print(json.dumps(summary))
         return 0
     if not fv.checkpoint:
