@@ -17,6 +17,7 @@ each seed's wall time is training + evaluation only (what the quick start takes 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import statistics
@@ -113,15 +114,28 @@ def report(workdir: str, emit_json: bool = True) -> dict:
 
 
 def build_data(config_spec: str, overrides: dict) -> None:
-    """Builds a synthetic set before the first seed (so no seed's time includes it)."""
+    """Builds a synthetic set before the first seed (so no seed's time includes it): the one
+    the config names once its `data.*` overrides are applied (values read as Python literals
+    where they are one, as the command line does)."""
     from personvit_jax.config_args import load_config_spec
     from personvit_jax.data import pipeline
 
     config = load_config_spec(config_spec)
+    for key, value in overrides.items():
+        if not key.startswith("data."):
+            continue
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass  # a plain string, e.g. a path
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
     if config.data.name != "synthetic":
         return
-    data_dir = overrides.get("data.data_dir", config.data.data_dir)
-    pipeline.load_splits("synthetic", os.path.join(REPO, data_dir),
+    pipeline.load_splits("synthetic", os.path.join(REPO, config.data.data_dir),
                          config.data.synthetic.to_dict())
 
 

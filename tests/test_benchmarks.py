@@ -65,6 +65,7 @@ def test_seed_spread_runs_each_seed_once_and_pins_its_command(tiny_data_dir, tmp
     assert [r["seed"] for r in rows] == [0, 1]
     assert all(len(r["mAP_ci95"]) == 2 and r["step"] > 0 for r in rows)
     assert summary["mAP"]["mean"] == pytest.approx((rows[0]["mAP"] + rows[1]["mAP"]) / 2)
+    assert len(os.listdir(os.path.join(tiny_data_dir, "synthetic"))) == 1  # the tiny set only
     # a rerun adds only the missing seed; another command in the same workdir is refused
     (summary,) = _run("seed_spread.py", f"--workdir={work}", "--seeds=0,1,2", *sets)
     assert summary["seeds"] == [0, 1, 2]
