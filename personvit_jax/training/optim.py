@@ -120,9 +120,12 @@ def make_finetune_optimizer(optim_cfg, steps_per_epoch: int, lr_scales=None
     bias_schedule = finetune_lr_schedule(o, steps_per_epoch, o.bias_lr_factor * o.base_lr)
     keep_tokens = o.decay_tokens
 
-    def decayed(params, want_bias: bool):
+    def without_tokens(mask):  # decay_tokens=False drops cls_token / pos_embed from a mask
         return jax.tree_util.tree_map_with_path(
-            lambda p, x: is_bias(p) == want_bias and (keep_tokens or not is_token(p)), params)
+            lambda p, m: m and (keep_tokens or not is_token(p)), mask)
+
+    def decayed(params, want_bias: bool):
+        return without_tokens(jax.tree.map(lambda b: b == want_bias, bias_mask(params)))
 
     if o.name == "sgd":
         direction = optax.chain(
@@ -132,11 +135,10 @@ def make_finetune_optimizer(optim_cfg, steps_per_epoch: int, lr_scales=None
                          lambda params: decayed(params, True)),
             optax.trace(decay=o.momentum, nesterov=False))
     elif o.name == "adamw":
-        matrices = lambda params: jax.tree_util.tree_map_with_path(
-            lambda p, x: x.ndim > 1 and not is_bias(p) and (keep_tokens or not is_token(p)),
-            params)
-        direction = optax.chain(optax.scale_by_adam(b1=o.momentum, b2=0.999),
-                                optax.add_decayed_weights(o.weight_decay, matrices))
+        direction = optax.chain(
+            optax.scale_by_adam(b1=o.momentum, b2=0.999),
+            optax.add_decayed_weights(o.weight_decay,
+                                      lambda params: without_tokens(decay_mask(params))))
     else:
         raise ValueError(f"config.optim.name={o.name!r}: expected 'sgd' or 'adamw'")
     clip = optax.clip_by_global_norm(o.clip_grad) if o.clip_grad else optax.identity()
