@@ -29,6 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from personvit_jax.config_args import load_config  # noqa: E402
+from personvit_jax import datasets  # noqa: E402
 from personvit_jax.data import pipeline  # noqa: E402
 from personvit_jax.models.vit import grid_size  # noqa: E402
 
@@ -81,7 +82,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or tmp
-        split = pipeline.load_splits("synthetic", data_dir, SYNTHETIC)["train"]
+        split = datasets.load_splits("synthetic", data_dir, SYNTHETIC)["train"]
         stages = ["finetune", "pretrain"] if args.pipeline == "both" else [args.pipeline]
         for stage in stages:
             config = load_config(stage, "")

@@ -33,6 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from personvit_jax.config_args import load_config  # noqa: E402
+from personvit_jax import datasets  # noqa: E402
 from personvit_jax.data import builders, pipeline  # noqa: E402
 from personvit_jax.evaluation.retrieval import RetrievalEvaluator  # noqa: E402
 from personvit_jax.inference import Preprocessing  # noqa: E402
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
     pool_dir = prepare_pool(workdir, a.pool_images)
     ft_config = load_config("configs/finetune.py", "synthetic")
     labelled_dir = os.path.join(REPO, ft_config.data.data_dir)
-    splits = pipeline.load_splits("synthetic", labelled_dir, ft_config.data.synthetic.to_dict())
+    splits = datasets.load_splits("synthetic", labelled_dir, ft_config.data.synthetic.to_dict())
     batch = ft_config.data.num_ids_per_batch * ft_config.data.num_instances
 
     # 4. raw pixels (cheap; first, so the table always has it)

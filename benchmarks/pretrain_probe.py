@@ -74,11 +74,11 @@ def probe_row(workdir: str) -> tuple[dict, dict]:
 
 def raw_pixels(config: dict) -> dict:
     """mAP / rank-1 of raw 32x16 pixels on the run's monitor query / gallery."""
-    from personvit_jax.data import pipeline
+    from personvit_jax import datasets
     from pretrain_payoff import raw_pixel_baseline  # (this folder)
 
     mon = config["monitor"]
-    splits = pipeline.load_splits(mon["dataset"], mon["data_dir"], config["data"]["synthetic"])
+    splits = datasets.load_splits(mon["dataset"], mon["data_dir"], config["data"]["synthetic"])
     return raw_pixel_baseline(splits)
 
 

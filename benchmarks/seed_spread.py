@@ -118,7 +118,7 @@ def build_data(config_spec: str, overrides: dict) -> None:
     the config names once its `data.*` overrides are applied (values read as Python literals
     where they are one, as the command line does)."""
     from personvit_jax.config_args import load_config_spec
-    from personvit_jax.data import pipeline
+    from personvit_jax import datasets
 
     config = load_config_spec(config_spec)
     for key, value in overrides.items():
@@ -135,7 +135,7 @@ def build_data(config_spec: str, overrides: dict) -> None:
         node[leaf] = value
     if config.data.name != "synthetic":
         return
-    pipeline.load_splits("synthetic", os.path.join(REPO, config.data.data_dir),
+    datasets.load_splits("synthetic", os.path.join(REPO, config.data.data_dir),
                          config.data.synthetic.to_dict())
 
 

@@ -30,6 +30,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from personvit_jax import reid_state  # noqa: E402
 from personvit_jax.config_args import load_config  # noqa: E402
 from personvit_jax.data import color_augment  # noqa: E402
 from personvit_jax.models.reid import reid_model_from_config  # noqa: E402
@@ -93,7 +94,7 @@ def bench_finetune(args):
     model = reid_model_from_config(config, num_classes=751)
     tx, schedule = optim.make_finetune_optimizer(config.optim, steps_per_epoch=200)
     state, state_sh = sharding.init_sharded(
-        lambda: finetune.init_train_state(model, tx, config, (h, w)), mesh, config.mesh)
+        lambda: reid_state.init_train_state(model, tx, config, (h, w)), mesh, config.mesh)
     step = sharding.jit_train_step(finetune.make_train_step(model, tx, schedule, config),
                                    state_sh, mesh)
     rng = np.random.default_rng(0)

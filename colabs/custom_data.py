@@ -103,7 +103,8 @@ from IPython.display import display
 from PIL import Image
 
 from personvit_jax.config_args import load_config
-from personvit_jax.data import pipeline, prepare
+from personvit_jax import datasets
+from personvit_jax.data import prepare
 from personvit_jax.evaluation import visualize
 from personvit_jax.stages import evaluate, finetune
 from personvit_jax.training.logging import plot_metrics, quiet_library_logs
@@ -125,7 +126,7 @@ if SMALL:
 
 # %%
 if not MY_DATA:
-    synthetic = pipeline.load_splits("synthetic", os.path.join(WORKDIR, "data"), SYNTHETIC)
+    synthetic = datasets.load_splits("synthetic", os.path.join(WORKDIR, "data"), SYNTHETIC)
     MY_DATA = os.path.join(WORKDIR, "my_people")
     LABELS_CSV = os.path.join(WORKDIR, "my_people_cameras.csv")
     if not os.path.isdir(MY_DATA):  # written to a temporary folder, renamed when complete

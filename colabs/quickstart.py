@@ -94,9 +94,8 @@ from absl import logging
 from IPython.display import display
 from PIL import Image
 
-from personvit_jax import evaluation
+from personvit_jax import datasets, evaluation
 from personvit_jax.config_args import load_config
-from personvit_jax.data import pipeline
 from personvit_jax.evaluation import visualize
 from personvit_jax.evaluation.attention import checkpoint_cls_attention
 from personvit_jax.stages import evaluate, finetune, pretrain
@@ -131,7 +130,7 @@ def shrink_model(config):
 # as TFDS records under `DATA_DIR/synthetic/`, which every stage reads, as for Market-1501.
 
 # %%
-splits = pipeline.load_splits("synthetic", DATA_DIR, SYNTHETIC)  # generates + builds if absent
+splits = datasets.load_splits("synthetic", DATA_DIR, SYNTHETIC)  # generates + builds if absent
 for name, split in splits.items():
     print(f"{name:8s} {len(split):5d} images, {split.num_ids:4d} identities, "
           f"{len(np.unique(split.camids))} cameras")

@@ -13,7 +13,10 @@ Without a config.json, name the architecture: `--config.model.name=vit_small` (t
 then default to configs/finetune.py).
 
 `arg`: `dataset=` market1501 | dukemtmc | occluded_duke | msmt17 | msmt17_v2 | reid_folder (your
-own prepared folder) | synthetic.
+own prepared folder) | synthetic | query_gallery (your own query/ and gallery/, no train split and
+no build):
+  python -m personvit_jax.main --config=evaluate.py:dataset=query_gallery \
+      --config.data.root=site_a --config.checkpoint=runs/market_vits --workdir=runs/site_a_eval
 """
 
 import ml_collections
@@ -33,8 +36,14 @@ def get_config(arg=None):
     # ---------------------------------------------------------------- data
     c.data = d = ml_collections.ConfigDict()
     d.name = args["dataset"]  # market1501 | dukemtmc | occluded_duke | msmt17 | msmt17_v2 |
-    #                           reid_folder | synthetic
+    #                           reid_folder | synthetic (their builds under data_dir) |
+    #                           query_gallery (your own pair, read from the files under root)
     d.data_dir = "data"  # folder holding the dataset's folder
+    # query_gallery: <root>/query/ and <root>/gallery/ of Market-named images (0001_c1_x.jpg)
+    # or <pid>/ folders; or any images labelled by the CSV `labels` (path,pid,camid rows,
+    # paths relative to root). No train split, no build.
+    d.root = ""
+    d.labels = ""
     d.image_size = placeholder(tuple)  # (height, width); None = the checkpoint's (else 256x128)
     d.mean = placeholder(tuple)  # normalisation; None = the checkpoint's (else 0.5, PersonViT)
     d.std = placeholder(tuple)

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from personvit_jax.linalg import l2_normalize
+
 
 # ---------------------------------------------------------------------------- host side
 def dbscan(graph, eps: float, min_samples: int) -> np.ndarray:
@@ -55,8 +57,7 @@ def cluster_centres(feats_nd: np.ndarray, labels_n: np.ndarray, capacity: int) -
     """[capacity, D] float32: row c = the L2-normalised mean feature of cluster c (rows past
     the last cluster are 0; outliers, label -1, are ignored)."""
     means = group_means(feats_nd, labels_n, capacity)
-    return (means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-            ).astype(np.float32)
+    return l2_normalize(means).astype(np.float32)
 
 
 def quality(pseudo_n: np.ndarray, hidden_n: Optional[np.ndarray] = None,
@@ -100,7 +101,7 @@ def update_memory(memory_cd: jax.Array, feats_bd: jax.Array, labels_b: jax.Array
 
     def moved(centre, x):
         c = momentum * centre + (1.0 - momentum) * x
-        return c / jnp.maximum(jnp.linalg.norm(c, axis=-1, keepdims=True), 1e-12)
+        return l2_normalize(c)
 
     if hard:
         b, d = f.shape

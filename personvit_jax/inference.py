@@ -28,6 +28,7 @@ import numpy as np
 
 from personvit_jax import trees
 from personvit_jax.config_args import load_config
+from personvit_jax.linalg import l2_normalize
 from personvit_jax.models.reid import reid_model_from_config, retrieval_embedding
 from personvit_jax.models.vit import vit_from_config
 from personvit_jax.training.checkpointing import load_state_tree, resolve_checkpoint
@@ -105,11 +106,6 @@ def resolve_preprocessing(checkpoint: str, overrides=None) -> Preprocessing:
 
 
 # ---------------------------------------------------------------------------- features
-def normalize_rows(x_bd: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """Row-wise L2 normalisation inside jit."""
-    return x_bd / jnp.maximum(jnp.linalg.norm(x_bd, axis=-1, keepdims=True), eps)
-
-
 def with_flip(embed_bd: Callable[[jax.Array], jax.Array], flip: bool) -> Callable:
     """Flip test-time augmentation: the mean of the features of the images and their mirrors
     (mirror = reversed width axis of [B, H, W, 3]); identity when `flip` is False."""
@@ -129,7 +125,7 @@ def reid_embed_fn(model: nn.Module, neck_feat: str = "before", normalize: bool =
             out = model.apply(variables, x, camids if use_cams else None, train=False)
             return retrieval_embedding(out, neck_feat)
         f = with_flip(raw, flip)(images)
-        return normalize_rows(f) if normalize else f
+        return l2_normalize(f) if normalize else f
     return embed
 
 
@@ -140,7 +136,7 @@ def backbone_embed_fn(vit: nn.Module, normalize: bool = True, flip: bool = False
         cams = camids if use_cams else None
         f = with_flip(lambda x: vit.apply(variables, x, camera_ids_b=cams, train=False)["cls"],
                       flip)(images)
-        return normalize_rows(f) if normalize else f
+        return l2_normalize(f) if normalize else f
     return embed
 
 

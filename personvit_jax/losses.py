@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from personvit_jax.linalg import l2_normalize
+
 
 def id_cross_entropy(logits_bc: jax.Array, labels_b: jax.Array,
                      label_smoothing: float = 0.0) -> jax.Array:
@@ -76,8 +78,7 @@ def cluster_contrast_loss(feats_bd: jax.Array, memory_cd: jax.Array, labels_b: j
     cluster centres [C, D] (L2-normalised; rows >= num_clusters are unused capacity and left
     out of the softmax) at temperature `temp`. Returns (loss, accuracy of the nearest
     centre)."""
-    f = feats_bd.astype(jnp.float32)
-    f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+    f = l2_normalize(feats_bd.astype(jnp.float32))
     logits = f @ jax.lax.stop_gradient(memory_cd).T / temp  # [B, C]
     logits = jnp.where(jnp.arange(memory_cd.shape[0])[None] < num_clusters, logits, -jnp.inf)
     loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels_b[:, None],
@@ -123,8 +124,7 @@ def feature_std(features_bd: jax.Array) -> jax.Array:
     """Std over the batch of the L2-normalised features, averaged over dimensions (SimSiam's
     collapse signal): ~1 / sqrt(D) when they spread over the sphere, -> 0 when every image maps
     to one point."""
-    f = features_bd.reshape(-1, features_bd.shape[-1]).astype(jnp.float32)
-    f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+    f = l2_normalize(features_bd.reshape(-1, features_bd.shape[-1]).astype(jnp.float32))
     return jnp.mean(jnp.std(f, axis=0))
 
 

@@ -182,7 +182,7 @@ def load_step_fixture(folder: str) -> tuple[dict, dict]:
 
 
 def shuffle_train_labels(load_splits):
-    """A `pipeline.load_splits` whose train split has its identity labels permuted (seeded):
+    """A `datasets.load_splits` whose train split has its identity labels permuted (seeded):
     the same images, labels that no longer follow them."""
     from personvit_jax.data import pipeline
 
@@ -229,9 +229,9 @@ def tiny_config(tiny_data_dir):
 
 @pytest.fixture(scope="session")
 def tiny_splits(tiny_data_dir):
-    from personvit_jax.data import pipeline
+    from personvit_jax import datasets
 
-    return pipeline.load_splits("synthetic", tiny_data_dir, TINY_SYNTHETIC)
+    return datasets.load_splits("synthetic", tiny_data_dir, TINY_SYNTHETIC)
 
 
 def tiny_pretrain_config(data_dir, **overrides):

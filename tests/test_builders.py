@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from personvit_jax import datasets
 from personvit_jax.data import builders, layouts, pipeline
 from personvit_jax.data.prepare import prepare
 
@@ -96,7 +97,7 @@ def test_market_layout_builders_round_trip(tmp_path, name, folder, names, cams):
     lines = []
     # --source may be the dataset folder or the folder holding it
     meta = prepare(name, str(tmp_path / "src"), data_dir, out=lines.append)
-    splits = pipeline.load_splits(name, data_dir)
+    splits = datasets.load_splits(name, data_dir)
     assert_same_as_source(splits, layouts.load_market_layout(root, cams), root)
     train, gallery = names[0], names[2]
     junk = sum(n.startswith("-1") for n in train)
@@ -116,7 +117,7 @@ def test_msmt17_v1_v2_lists_time_of_day(tmp_path):
                                                      else "MSMT17_V2")), version)
         data_dir = str(tmp_path / "data")
         meta = prepare(version, root, data_dir, out=lambda _: None)
-        splits = pipeline.load_splits(version, data_dir)
+        splits = datasets.load_splits(version, data_dir)
         assert_same_as_source(splits, layouts.load_msmt17_layout(root, version), root)
         assert len(splits["train"]) == 3  # list_train + list_val
         np.testing.assert_array_equal(splits["train"].camids, [0, 6, 14])
@@ -130,7 +131,7 @@ def test_grain_pipeline_reads_the_build_like_the_files(tmp_path):
     root = fake_market(str(tmp_path / "Market-1501-v15.09.15"))
     data_dir = str(tmp_path / "data")
     prepare("market1501", root, data_dir, out=lambda _: None)
-    built, files = pipeline.load_splits("market1501", data_dir), layouts.load_market_layout(root, 6)
+    built, files = datasets.load_splits("market1501", data_dir), layouts.load_market_layout(root, 6)
     cfg = ml_collections.ConfigDict(dict(
         image_size=(32, 16), flip_prob=0.5, pad=2, erasing_prob=0.5, mean=(0.5,) * 3,
         std=(0.5,) * 3, num_ids_per_batch=4, num_instances=4, num_workers=0, prefetch=1))
@@ -154,7 +155,7 @@ def test_custom_folder_without_cameras_evaluates_against_all_other_images(tmp_pa
     lines = []
     meta = prepare("reid_folder", root, data_dir, out=lines.append)
     assert not meta["has_camera_ids"] and any("No camera ids" in line for line in lines)
-    s = pipeline.load_splits("reid_folder", data_dir)
+    s = datasets.load_splits("reid_folder", data_dir)
     q, g = s["query"], s["gallery"]
     assert q is g and len(q) == 6  # test split = query = gallery
     cams = np.concatenate([s["train"].camids, q.camids])
@@ -183,7 +184,7 @@ def test_custom_folder_with_csv(tmp_path):
         f.write("\n".join(rows) + "\n")
     data_dir = str(tmp_path / "data")
     meta = prepare("reid_folder", root, data_dir, csv_path=csv_path, out=lambda _: None)
-    s = pipeline.load_splits("reid_folder", data_dir)
+    s = datasets.load_splits("reid_folder", data_dir)
     assert meta["has_camera_ids"] and meta["stats"]["gallery"]["cameras"] == 2
     np.testing.assert_array_equal(s["query"].pids, [103, 103, 108, 108, 112, 112])
     np.testing.assert_array_equal(s["query"].camids, [0, 1] * 3)  # cameras 10, 11, 12 -> 0, 1, 2
@@ -244,7 +245,7 @@ def test_corrupt_jpeg_stops_naming_it_or_is_skipped_and_counted(tmp_path):
     Image.new("RGB", (8, 16)).save(png, format="PNG")
     with pytest.raises(builders.CorruptImageError, match=f"{png}: expected a JPEG image, found"):
         prepare("market1501", root, data_dir, overwrite=True, out=lambda _: None)
-    assert pipeline.load_splits("market1501", data_dir)["query"].paths[0].endswith(
+    assert datasets.load_splits("market1501", data_dir)["query"].paths[0].endswith(
         MARKET_QUERY[0])  # the earlier build is still there, untouched
 
 
@@ -272,7 +273,7 @@ def test_bad_sources_name_the_path(tmp_path):
     with pytest.raises(ValueError, match="alice'; rename them or give a CSV"):
         prepare("reid_folder", custom, data_dir, **quiet)
     with pytest.raises(FileNotFoundError, match="'market1501' is not prepared under"):
-        pipeline.load_splits("market1501", data_dir)
+        datasets.load_splits("market1501", data_dir)
     assert not os.path.exists(data_dir) or os.listdir(data_dir) == []
 
 
@@ -330,10 +331,10 @@ def test_disk_full_during_a_build_keeps_nothing_and_the_rerun_builds(tmp_path, m
             prepare("market1501", root, data_dir, **quiet)
     assert os.listdir(data_dir) == []
     prepare("market1501", root, data_dir, **quiet)
-    before = pipeline.load_splits("market1501", data_dir)["train"].paths
+    before = datasets.load_splits("market1501", data_dir)["train"].paths
     with monkeypatch.context() as m:
         m.setattr(adapter, "write_examples", classmethod(full))
         with pytest.raises(files.WriteError):
             prepare("market1501", root, data_dir, overwrite=True, **quiet)
     assert sorted(os.listdir(data_dir)) == ["market1501"]
-    assert pipeline.load_splits("market1501", data_dir)["train"].paths == before
+    assert datasets.load_splits("market1501", data_dir)["train"].paths == before

@@ -13,6 +13,7 @@ from PIL import Image
 
 from conftest import REPO, TINY_SYNTHETIC, apply_overrides
 from personvit_jax.config_args import load_config
+from personvit_jax.data import layouts
 from personvit_jax.stages import evaluate as evaluate_stage
 from personvit_jax.stages import finetune
 
@@ -78,6 +79,49 @@ def test_without_saved_config_needs_a_model(trained_run, tiny_data_dir, tmp_path
                                      "model.pos_grid": (8, 4), "data.image_size": (64, 32)}),
         str(tmp_path / "e2"))
     assert res["mAP"] == pytest.approx(result["mAP"], abs=1e-6)
+
+
+def _tiny_market_root(data_dir):
+    """The tiny synthetic set's Market-1501 folders (what its build was made from)."""
+    from personvit_jax.synthetic import build
+
+    name = build.build_name(build.resolve_args(TINY_SYNTHETIC))
+    return os.path.join(layouts.dataset_root("synthetic", data_dir), name)
+
+
+def test_own_query_gallery_pair_without_train_split(trained_run, tiny_data_dir, tmp_path):
+    """A bare query/ + gallery/ pair (Market-named, then anonymous files with a CSV) gives the
+    run's own metrics: no train split, no build."""
+    run, result = trained_run
+    market = _tiny_market_root(tiny_data_dir)
+    named = tmp_path / "named"
+    shutil.copytree(os.path.join(market, "query"), named / "query")
+    shutil.copytree(os.path.join(market, "bounding_box_test"), named / "gallery")
+    res = evaluate_stage.evaluate(eval_config(
+        tiny_data_dir, run, **{"data.name": "query_gallery", "data.root": str(named)}),
+        str(tmp_path / "e1"))
+    assert res["mAP"] == pytest.approx(result["mAP"], abs=1e-6)
+    assert res["rank1"] == pytest.approx(result["rank1"], abs=1e-6)
+    assert len(os.listdir(tmp_path / "e1" / "ranks")) == 3  # 2 rank lists + the worst queries
+    assert str(np.load(tmp_path / "e1" / "features.npz")["gallery_names"][0]).startswith(
+        "gallery/")
+
+    anonymous, rows = tmp_path / "anonymous", ["path,pid,camid"]
+    for split in ("query", "gallery"):
+        os.makedirs(anonymous / split)
+        for i, n in enumerate(sorted(os.listdir(named / split))):
+            pid, cam = layouts.parse_market_name(n)
+            rel = f"{split}/img{i:04d}.jpg"
+            shutil.copy(named / split / n, anonymous / rel)
+            rows.append(f"{rel},{pid},{100 + cam}")  # any camera numbering
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    res2 = evaluate_stage.evaluate(eval_config(
+        tiny_data_dir, run, **{"data.name": "query_gallery", "data.root": str(anonymous),
+                               "data.labels": str(tmp_path / "labels.csv")}), str(tmp_path / "e2"))
+    assert res2["mAP"] == pytest.approx(result["mAP"], abs=1e-6)
+    with pytest.raises(ValueError, match="config.data.root is empty"):
+        evaluate_stage.evaluate(eval_config(tiny_data_dir, run, **{"data.name": "query_gallery"}),
+                                str(tmp_path / "e3"))
 
 
 def test_main_command_line(trained_run, tiny_data_dir, tmp_path):

@@ -182,3 +182,45 @@ def test_two_feature_files_give_the_model_based_metrics(tiny_config, tiny_data_d
     assert r.returncode == 0, r.stderr[-3000:]
     printed = json.loads(r.stdout.strip().splitlines()[-1])
     assert printed["mAP"] == got["mAP"] and printed["rerank"]["k1"] == 20
+
+
+def test_sie_model_takes_each_images_camera_from_the_labels(tiny_config, tiny_data_dir,
+                                                            tmp_path):
+    """An SIE model extracted with per-image cameras from a CSV gives the run's own metrics
+    (which use each image's camera); one camera for all does not; errors name the fix."""
+    from conftest import TINY_SYNTHETIC
+    from personvit_jax.data import layouts
+    from personvit_jax.stages import finetune
+    from personvit_jax.synthetic import build
+
+    run = str(tmp_path / "run")
+    result = finetune.train(tiny_config(**{"optim.epochs": 1, "model.sie": True}), run)
+    market = os.path.join(layouts.dataset_root("synthetic", tiny_data_dir),
+                          build.build_name(build.resolve_args(TINY_SYNTHETIC)))
+    folders = {"q": os.path.join(market, "query"), "g": os.path.join(market, "bounding_box_test")}
+    files, one_camera = {}, {}
+    for split, folder in folders.items():
+        rows = ["name,pid,camid"]
+        for name in sorted(os.listdir(folder)):
+            pid, cam = layouts.parse_market_name(name)
+            rows.append(f"{name},{pid},{cam - 1}")
+        csv_path = tmp_path / f"{split}.csv"
+        csv_path.write_text("\n".join(rows) + "\n")
+        files[split] = str(tmp_path / f"{split}.npz")
+        extract.extract_folder(_config(run), folder, files[split],
+                               labels=extract.read_labels(str(csv_path)))
+        one_camera[split] = str(tmp_path / f"{split}_cam0.npz")
+        extract.extract_folder(_config(run), folder, one_camera[split], camera_id=0)
+    assert np.load(files["g"])["camids"].max() > 0  # saved beside the features
+    got = extract.evaluate_feature_files(files["q"], files["g"])  # labels from the files
+    assert got["mAP"] == pytest.approx(result["mAP"], abs=1e-5)
+    cam0 = np.load(one_camera["q"])["features"]
+    assert np.abs(cam0 - np.load(files["q"])["features"]).max() > 1e-3  # SIE moved them
+
+    with pytest.raises(ValueError, match="--camera_id=N .* or --labels=CSV"):
+        extract.extract_folder(_config(run), folders["q"])
+    with pytest.raises(ValueError, match="pass one"):
+        extract.extract_folder(_config(run), folders["q"], camera_id=0, labels={})
+    bad = {n: (1, 9) for n in os.listdir(folders["q"])}
+    with pytest.raises(ValueError, match=r"but --labels has camera ids \[9\]"):
+        extract.extract_folder(_config(run), folders["q"], labels=bad)

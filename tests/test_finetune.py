@@ -14,7 +14,7 @@ import pytest
 
 from conftest import (LEARN_SYNTHETIC, REPO, TINY_SYNTHETIC, assert_trees, shuffle_train_labels,
                       tiny_finetune_config)
-from personvit_jax.data import pipeline
+from personvit_jax import datasets
 from personvit_jax.stages import finetune
 from personvit_jax.training.checkpointing import load_state_tree
 
@@ -52,7 +52,7 @@ def test_training_learns_and_shuffled_labels_do_not(learn_data_dir, tmp_path, mo
     lo, hi = trained["mAP_ci95"]
     assert lo < trained["mAP"] < hi
 
-    monkeypatch.setattr(pipeline, "load_splits", shuffle_train_labels(pipeline.load_splits))
+    monkeypatch.setattr(datasets, "load_splits", shuffle_train_labels(datasets.load_splits))
     noise = finetune.train(_learn_config(learn_data_dir), str(tmp_path / "shuffled"))
     assert noise["mAP"] < trained["mAP"] - SHUFFLED_GAP, (noise, trained)
 
@@ -149,7 +149,7 @@ def test_load_model_reproduces_the_runs_evaluation(tiny_config, tmp_path):
     """The inference loader (saved config.json + checkpoint -> features) scores exactly what the
     training run scored at its end; a pretrain-style backbone-only view gives CLS features."""
     from personvit_jax import inference
-    from personvit_jax.data.pipeline import load_splits
+    from personvit_jax.datasets import load_splits
     from personvit_jax.evaluation import RetrievalEvaluator
     from personvit_jax.training import checkpointing, sharding
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_step_fixture
-from personvit_jax import trees
+from personvit_jax import reid_state, trees
 from personvit_jax.config_args import load_config
 from personvit_jax.models.reid import reid_model_from_config
 from personvit_jax.stages import finetune
@@ -67,7 +67,7 @@ def torch_tree(arrays: dict, prefix: str, s: dict) -> dict:
 def run_our_steps(cfg, s: dict, arrays: dict):
     model = reid_model_from_config(cfg, s["num_classes"])
     tx, lr_schedule = optim.make_finetune_optimizer(cfg.optim, s["steps_per_epoch"])
-    state = finetune.init_train_state(model, tx, cfg, tuple(cfg.data.image_size))
+    state = reid_state.init_train_state(model, tx, cfg, tuple(cfg.data.image_size))
     init = jax.tree.map(jnp.asarray, torch_tree(arrays, "init", s))
     for coll in ("params", "batch_stats"):
         assert jax.tree.structure(init[coll]) == jax.tree.structure(state[coll]), coll

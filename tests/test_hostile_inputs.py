@@ -18,7 +18,8 @@ from PIL import Image
 from conftest import (WEIGHT_FIXTURES, tiny_finetune_config, tiny_pretrain_config,
                       user_error_line)
 from personvit_jax import cli, validation
-from personvit_jax.data import augment, builders, layouts, pipeline
+from personvit_jax import datasets
+from personvit_jax.data import augment, builders, layouts
 from personvit_jax.tools.weights_io import read_weights
 from personvit_jax.training import checkpointing
 
@@ -269,7 +270,7 @@ def test_damaged_records_load_or_name_the_dataset(tiny_data_dir, cut_flips, spli
     with open(record_file, "wb") as f:
         f.write(_damaged(data, *cut_flips))
     try:
-        splits = pipeline.load_splits("synthetic", copy, TINY_SYNTHETIC)
+        splits = datasets.load_splits("synthetic", copy, TINY_SYNTHETIC)
     except cli.USER_ERRORS as e:
         user_error_line(e, os.path.join(copy, "synthetic"))
         return

@@ -71,7 +71,7 @@ def test_sie_model_from_reid_folder_evaluates_as_it_was_trained(sie_run):
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     embed = jax.jit(inference.reid_embed_fn(model, use_cams=True))
     from personvit_jax.data.augment import reid_test_transform
-    from personvit_jax.data.pipeline import load_splits
+    from personvit_jax.datasets import load_splits
 
     gallery = load_splits("reid_folder", data_dir)["gallery"]
     x = np.stack([reid_test_transform(gallery.image(i), loaded.preprocessing)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from personvit_jax.data import layouts, pipeline
+from personvit_jax import datasets
+from personvit_jax.data import layouts
 
 
 def _touch_jpg(path):
@@ -69,7 +70,60 @@ def test_market_errors_name_the_path(tmp_path):
     with pytest.raises(ValueError, match="camera 9 out of range"):
         layouts.load_market_layout(root, 6)
     with pytest.raises(ValueError, match="config.data.name='nope'"):
-        pipeline.load_splits("nope", str(tmp_path))
+        datasets.load_splits("nope", str(tmp_path))
+
+
+def test_query_gallery_pair_without_train_split(tmp_path):
+    """Market-named images, <pid>/ folders or a CSV: evaluation needs no train split."""
+    root = _market(str(tmp_path / "named"), {
+        "query": ["0003_c1_a.jpg", "0004_c12_b.png"],  # any camera number, .png too
+        "gallery": ["0003_c2_c.jpg", "0000_c3_d.jpg", "-1_c1_e.jpg", "0004_c1_f.jpg"]})
+    open(os.path.join(root, "gallery", "Thumbs.db"), "w").close()  # not an image: ignored
+    s = layouts.load_query_gallery(root)
+    assert set(s) == {"query", "gallery"}
+    np.testing.assert_array_equal(s["query"].camids, [0, 11])
+    np.testing.assert_array_equal(s["gallery"].pids, [0, 3, 4])  # junk dropped, sorted
+    assert s["gallery"].num_junk == 1 and s["gallery"].has_camera_ids
+
+    folders = str(tmp_path / "folders")
+    for rel in ("query/7/x.jpg", "gallery/7/y.jpg", "gallery/9/z.jpg"):
+        _touch_jpg(os.path.join(folders, rel))
+    s = layouts.load_query_gallery(folders)
+    np.testing.assert_array_equal(s["gallery"].pids, [7, 9])
+    assert not s["gallery"].has_camera_ids  # every image its own camera
+    assert len(set(s["query"].camids) | set(s["gallery"].camids)) == 3
+
+    free = str(tmp_path / "free")
+    for rel in ("query/a.jpg", "gallery/b.jpg", "gallery/c.jpg", "train/t.jpg"):
+        _touch_jpg(os.path.join(free, rel))
+    csv_path = os.path.join(free, "labels.csv")
+    with open(csv_path, "w") as f:
+        f.write("path,pid,camid\nquery/a.jpg,5,30\ngallery/b.jpg,5,10\ngallery/c.jpg,6,30\n"
+                "train/t.jpg,1,10\n")
+    s = layouts.load_query_gallery(free, csv_path)  # train rows are ignored
+    np.testing.assert_array_equal(s["query"].camids, [1])  # cameras 10, 30 -> 0, 1
+    np.testing.assert_array_equal(s["gallery"].pids, [5, 6])
+    with pytest.raises(ValueError, match="a.jpg: file name does not follow"):
+        layouts.load_query_gallery(free)  # without the CSV the names must say pid and camera
+
+
+def test_query_gallery_errors_name_the_folder(tmp_path):
+    root = str(tmp_path / "r")
+    _touch_jpg(os.path.join(root, "query", "0001_c1_a.jpg"))
+    with pytest.raises(FileNotFoundError, match="no gallery/ folder"):
+        layouts.load_query_gallery(root)
+    _touch_jpg(os.path.join(root, "gallery", "1", "b.jpg"))
+    with pytest.raises(ValueError, match="query/ holds Market-named images but gallery/ holds "
+                                         "identity folders"):
+        layouts.load_query_gallery(root)
+    _touch_jpg(os.path.join(root, "gallery", "0001_c2_c.jpg"))
+    with pytest.raises(ValueError, match="gallery: holds both images"):
+        layouts.load_query_gallery(root)
+    csv_path = str(tmp_path / "l.csv")
+    with open(csv_path, "w") as f:
+        f.write("query/0001_c1_a.jpg,1,1\n")
+    with pytest.raises(ValueError, match="l.csv: no rows under gallery/"):
+        layouts.load_query_gallery(root, csv_path)
 
 
 def test_msmt17_lists(tmp_path):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_finetune_config
-from personvit_jax.data import builders, pipeline
+from personvit_jax import datasets
+from personvit_jax.data import builders
 from personvit_jax.data.prepare import format_table, prepare, published_count_warnings
 from test_builders import fake_market
 
@@ -93,7 +94,7 @@ def test_finetune_and_evaluate_on_a_prepared_dataset(tmp_path):
     assert result["num_valid_queries"] == 2 and 0.0 <= result["mAP"] <= 1.0
     assert np.isfinite(result["mAP"])
     # Custom data without camera ids trains and evaluates, but not with SIE.
-    jpeg = pipeline.load_splits("market1501", data_dir)["train"].records[0]["image"]
+    jpeg = datasets.load_splits("market1501", data_dir)["train"].records[0]["image"]
     custom = str(tmp_path / "custom")
     for split in ("train", "test"):
         for pid in range(4):

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_trees, tiny_finetune_config
+from conftest import assert_trees, tiny_finetune_config
 from personvit_jax.config_args import load_config
 from personvit_jax.data import color_augment, layouts, pipeline
 from personvit_jax.stages import finetune, pretrain

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import (REPO, assert_trees, assert_trees_close_in_norm, tiny_finetune_config,
                       tiny_pretrain_config)
-from personvit_jax import workdir
+from personvit_jax import reid_state, workdir
 from personvit_jax.config_args import load_config
 from personvit_jax.data import color_augment
 from personvit_jax.models.pretrain import pretrain_model_from_config
@@ -56,7 +56,7 @@ def _finetune_setup(over):
     mesh = sharding.make_mesh(cfg.mesh)
     model = reid_model_from_config(cfg, NUM_IDS)
     tx, schedule = optim.make_finetune_optimizer(cfg.optim, steps_per_epoch=4)
-    init_fn = lambda: finetune.init_train_state(model, tx, cfg, cfg.data.image_size)
+    init_fn = lambda: reid_state.init_train_state(model, tx, cfg, cfg.data.image_size)
     _, state_sh = sharding.init_sharded(init_fn, mesh, cfg.mesh)
     step = sharding.jit_train_step(finetune.make_train_step(model, tx, schedule, cfg),
                                    state_sh, mesh)

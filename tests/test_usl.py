@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_SYNTHETIC, shuffle_train_labels, tiny_usl_config
-from personvit_jax import clustering, losses
+from personvit_jax import clustering, datasets, losses
 from personvit_jax.config_args import load_config
 from personvit_jax.data import pipeline
 from personvit_jax.evaluation.rerank import jaccard_graph
@@ -233,7 +233,7 @@ def test_stage_reports_clustering_and_the_start(usl_runs):
 def test_train_labels_are_never_read(usl_runs, monkeypatch, tmp_path):
     """Shuffled identities of the train split: bit-identical training (only the clustering's
     purity / NMI, which score against them, change)."""
-    monkeypatch.setattr(pipeline, "load_splits", shuffle_train_labels(pipeline.load_splits))
+    monkeypatch.setattr(datasets, "load_splits", shuffle_train_labels(datasets.load_splits))
     usl.train(usl_runs["cfg"], str(tmp_path / "shuffled"))
     _assert_same_state(_state(usl_runs["dir"] / "full"), _state(tmp_path / "shuffled"))
 

@@ -15,6 +15,8 @@ field is date + time of day; the published protocol trains on train + val. V2: t
 images in <root>/{mask_train_v2,mask_test_v2}/ (faces blurred).
 Custom ReID folder: <root>/<split>/<pid>/<image> (split: train + query/gallery, or train + test),
 or a CSV of `path,pid,camid` rows (paths relative to <root>, first component = split).
+Query / gallery pair (evaluation only, no train split): <root>/{query,gallery}/ of Market-named
+images, of <pid>/ folders, or of any images with such a CSV.
 Unlabeled folder (LUPerson or any person crops): every image under <root>, recursively.
 
 Camera ids are 0-based everywhere; train pids are relabelled 0..C-1 (query/gallery keep theirs).
@@ -113,22 +115,24 @@ def parse_market_name(path: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def parse_market_dir(directory: str, num_cameras: int, relabel: bool = False) -> Split:
-    """Reads one Market-layout folder; drops junk (pid -1); sorted by file name."""
+def parse_market_dir(directory: str, num_cameras: Optional[int], relabel: bool = False,
+                     extensions: Sequence[str] = (".jpg",)) -> Split:
+    """Reads one Market-layout folder (images ending in `extensions`; cameras 1..num_cameras,
+    any number for None); drops junk (pid -1); sorted by file name."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"expected the folder {directory} (Market-1501 layout: "
                                 f"{', '.join(MARKET_SUBDIRS.values())}) but it does not exist")
     paths, pids, camids, junk = [], [], [], 0
     for name in sorted(os.listdir(directory)):
-        if not name.lower().endswith(".jpg"):
+        if not name.lower().endswith(tuple(extensions)):
             continue  # e.g. Thumbs.db in the official archive
         pid, cam = parse_market_name(os.path.join(directory, name))
         if pid == -1:
             junk += 1
             continue
-        if pid < 0 or not 1 <= cam <= num_cameras:
+        if pid < 0 or cam < 1 or (num_cameras is not None and cam > num_cameras):
             raise ValueError(f"{os.path.join(directory, name)}: pid {pid} / camera {cam} out of "
-                             f"range (pid >= 0, camera 1..{num_cameras})")
+                             f"range (pid >= 0, camera 1..{num_cameras or 'any'})")
         paths.append(os.path.join(directory, name))
         pids.append(pid)
         camids.append(cam - 1)
@@ -228,9 +232,15 @@ def load_custom_layout(root: str, csv_path: Optional[str] = None) -> dict[str, S
                                                                  by_split["gallery"])):
         raise ValueError(f"{where}: expected evaluation images in query/ AND gallery/, or in "
                          f"test/ alone; found {', '.join(s for s in CUSTOM_SPLITS if by_split[s])}")
-    if csv_path:
-        cams = sorted({r[3] for r in rows})
-        cam_index = {c: i for i, c in enumerate(cams)}
+    return _splits_from_rows(by_split, where, has_camera_ids=bool(csv_path))
+
+
+def _splits_from_rows(by_split: dict[str, list[tuple]], where: str, has_camera_ids: bool
+                      ) -> dict[str, Split]:
+    """Splits of (split, path, pid, camid) rows; junk (pid -1) dropped. With camera ids they
+    are renumbered 0..C-1 in sorted order over all rows; without, every image gets its own."""
+    cams = sorted({r[3] for items in by_split.values() for r in items}) if has_camera_ids else []
+    cam_index = {c: i for i, c in enumerate(cams)}
     splits, next_cam = {}, 0
     for split, items in by_split.items():
         if not items:
@@ -238,22 +248,72 @@ def load_custom_layout(root: str, csv_path: Optional[str] = None) -> dict[str, S
         kept = [r for r in items if r[2] != -1]
         if not kept:
             raise ValueError(f"{where}: split {split} has only junk (pid -1) images")
-        if csv_path:
+        if has_camera_ids:
             camids = [cam_index[r[3]] for r in kept]
         else:  # every image its own camera: the protocol then excludes only the image itself
             camids = list(range(next_cam, next_cam + len(kept)))
             next_cam += len(kept)
         splits[split] = Split(split, [r[1] for r in kept], np.asarray([r[2] for r in kept],
                                                                        np.int32),
-                              np.asarray(camids, np.int32), has_camera_ids=bool(csv_path),
+                              np.asarray(camids, np.int32), has_camera_ids=has_camera_ids,
                               num_junk=len(items) - len(kept))
     return splits
 
 
-def _custom_folder_rows(root: str) -> list[tuple]:
+QUERY_GALLERY = ("query", "gallery")
+
+
+def load_query_gallery(root: str, csv_path: Optional[str] = None) -> dict[str, Split]:
+    """A query / gallery pair without a train split (evaluation only), read from the files:
+    <root>/query/ and <root>/gallery/, each holding either Market-1501-named images (PPPP_cC...,
+    e.g. 0002_c1s1_000451_03.jpg: pid and camera from the name; pid -1 = junk, dropped; 0 = a
+    distractor) or identity folders <pid>/<image> (no camera ids: every image its own, as
+    reid_folder without a CSV). With a CSV (`path,pid,camid` rows, paths relative to <root>,
+    e.g. query/a.jpg) pid and camera come from it and the file names are free; rows under
+    other folders (train/) are ignored."""
+    missing = [s for s in QUERY_GALLERY if not os.path.isdir(os.path.join(root, s))]
+    if missing:
+        raise FileNotFoundError(f"{root}: no {' or '.join(m + '/' for m in missing)} folder; "
+                                "expected <root>/query/ and <root>/gallery/ (Market-named "
+                                "images, <pid>/ folders, or any images with a CSV)")
+    if csv_path:
+        rows = _custom_csv_rows(root, csv_path)
+        by_split = {s: [r for r in rows if r[0] == s] for s in QUERY_GALLERY}
+        empty = [s for s in QUERY_GALLERY if not by_split[s]]
+        if empty:
+            raise ValueError(f"{csv_path}: no rows under {', '.join(e + '/' for e in empty)}")
+        return _splits_from_rows(by_split, csv_path, has_camera_ids=True)
+    kinds = {s: _query_gallery_kind(os.path.join(root, s)) for s in QUERY_GALLERY}
+    if kinds["query"] != kinds["gallery"]:
+        raise ValueError(f"{root}: query/ holds {kinds['query']} but gallery/ holds "
+                         f"{kinds['gallery']}; use one kind for both (or a CSV)")
+    if kinds["query"] == "identity folders":
+        rows = _custom_folder_rows(root, QUERY_GALLERY)
+        return _splits_from_rows({s: [r for r in rows if r[0] == s] for s in QUERY_GALLERY},
+                                 root, has_camera_ids=False)
+    return {s: parse_market_dir(os.path.join(root, s), None, extensions=IMAGE_EXTENSIONS)
+            for s in QUERY_GALLERY}
+
+
+def _query_gallery_kind(directory: str) -> str:
+    """'identity folders' or 'Market-named images'; an error for a mix or no images."""
+    entries = sorted(os.listdir(directory))
+    folders = [e for e in entries if os.path.isdir(os.path.join(directory, e))]
+    images = [e for e in entries if e.lower().endswith(IMAGE_EXTENSIONS)
+              and os.path.isfile(os.path.join(directory, e))]
+    if folders and images:
+        raise ValueError(f"{directory}: holds both images ({images[0]}) and folders "
+                         f"({folders[0]}); expected Market-named images or <pid>/ folders")
+    if not folders and not images:
+        raise ValueError(f"{directory}: no images ({', '.join(IMAGE_EXTENSIONS)}) and no "
+                         "<pid>/ folders")
+    return "identity folders" if folders else "Market-named images"
+
+
+def _custom_folder_rows(root: str, splits: Sequence[str] = CUSTOM_SPLITS) -> list[tuple]:
     """(split, path, pid, None) for <root>/<split>/<pid>/<image>, sorted."""
     rows = []
-    for split in CUSTOM_SPLITS:
+    for split in splits:
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
             continue

@@ -6,12 +6,10 @@ drawn by `PKSampler` from (seed, s) alone; each process loads only its contiguou
 the global batch). So batches do not depend on the number of processes or workers, and the
 Grain iterator state (saved with every checkpoint) is just a position: resume is exact.
 
-Data sources (`load_splits`, `unlabeled_images`): every dataset, the built-in synthetic one
-included, is read from its TFDS build under `data_dir` (`tfds.data_source`, see
-data/builders.py); the synthetic set is generated and built there on first use
-(personvit_jax/synthetic/build.py). A `layouts.Split` gives pids, camera ids and `image(i)`, so
-the loaders below do not care where the bytes come from; each process reads only the records of
-its own slice of every global batch.
+Data sources (personvit_jax/datasets.py): every dataset, the built-in synthetic one included,
+is read from its TFDS build (`tfds.data_source`, see data/builders.py). A `layouts.Split` gives
+pids, camera ids and `image(i)`, so the loaders below do not care where the bytes come from;
+each process reads only the records of its own slice of every global batch.
 """
 
 from __future__ import annotations
@@ -27,22 +25,6 @@ from personvit_jax.data.layouts import Split
 from personvit_jax.data.masking import image_mask
 
 
-def load_splits(name: str, data_dir: str, synthetic_kwargs: Optional[dict] = None
-                ) -> dict[str, Split]:
-    """{'train', 'query', 'gallery'} of dataset `name` (config.data.name), read from its TFDS
-    build under `data_dir` (config.data.data_dir): the one data.prepare wrote there, or for
-    'synthetic' the build of the set of `synthetic_kwargs` (config.data.synthetic), generated
-    and built there on first use."""
-    from personvit_jax.data import builders  # TFDS: only imported when a build is read
-
-    config = None
-    if name == "synthetic":
-        from personvit_jax.synthetic import build
-
-        config = build.prepare(data_dir, synthetic_kwargs)
-    return builders.load_record_splits(name, data_dir, config)
-
-
 def num_cameras(name: str, splits: dict[str, Split], sie: bool) -> int:
     """Camera count for the SIE embedding: the dataset's published one, else the data's; 0 for
     data without camera ids (an error when SIE is asked for)."""
@@ -55,28 +37,6 @@ def num_cameras(name: str, splits: dict[str, Split], sie: bool) -> int:
     if name in layouts.DATASETS:
         return layouts.num_cameras(name)
     return int(max(s.camids.max() for s in splits.values())) + 1
-
-
-def unlabeled_images(data_cfg, index_cache: str) -> Split:
-    """Pretraining images (labels unused) selected by data_cfg.name: 'unlabeled_folder' = its TFDS
-    build under data_cfg.data_dir; 'folder' = every image under data_cfg.root, read from the files
-    (listing cached in `index_cache`); a labelled dataset name = its train split. With
-    data_cfg.plus_labelled set, that labelled dataset's train split (under
-    data_cfg.labelled_data_dir) follows them (a pool plus the fine-tuning set's own images)."""
-    if data_cfg.name == "unlabeled_folder":
-        from personvit_jax.data import builders
-
-        images = builders.load_unlabeled(data_cfg.data_dir)
-    elif data_cfg.name == "folder":
-        images = Split.from_paths("train", layouts.image_folder_index(data_cfg.root, index_cache))
-    else:
-        images = load_splits(data_cfg.name, data_cfg.data_dir,
-                             data_cfg.synthetic.to_dict())["train"]
-    if not data_cfg.plus_labelled:
-        return images
-    extra = load_splits(data_cfg.plus_labelled, data_cfg.labelled_data_dir,
-                        data_cfg.synthetic.to_dict())["train"]
-    return concat_unlabeled([images, extra], "config.data.plus_labelled")
 
 
 def concat_unlabeled(splits: Sequence[Split], what: str) -> Split:

@@ -15,12 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from personvit_jax.linalg import l2_normalize
+
 DEFAULT_CHUNK = 256  # queries per distance block: 256 x 82,161 float32 = 84 MB
-
-def l2_normalize(x_nd: np.ndarray) -> np.ndarray:
-    x = np.asarray(x_nd, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
 
 def check_metric(metric: str) -> None:
     if metric not in ("euclidean", "cosine"):
@@ -37,7 +34,7 @@ def distance_block(q_qd: jax.Array, g_aug_ge: jax.Array, metric_code: jax.Array)
     (the same ranking as Euclidean); cosine 1 - q.g = [-q/|q|, 1, 0] . [g/|g|, 1, 0].
     metric_code: 0 = squared Euclidean, 1 = cosine (a traced scalar: one compilation)."""
     cosine = metric_code == 1
-    q_unit = q_qd / jnp.maximum(jnp.linalg.norm(q_qd, axis=1, keepdims=True), 1e-12)
+    q_unit = l2_normalize(q_qd)
     sq = jnp.sum(q_qd ** 2, 1, keepdims=True)
     q_aug = jnp.where(cosine, jnp.concatenate([-q_unit, jnp.ones_like(sq), jnp.zeros_like(sq)], 1),
                       jnp.concatenate([q_qd, sq, jnp.ones_like(sq)], 1))
@@ -51,7 +48,7 @@ def prepare_gallery(gf_gd, metric: str) -> tuple[jax.Array, jax.Array]:
     g = np.asarray(gf_gd, np.float32)
     ones = np.ones((len(g), 1), np.float32)
     if metric == "cosine":
-        aug = np.concatenate([l2_normalize(g), ones, np.zeros_like(ones)], 1)
+        aug = np.concatenate([l2_normalize(np.asarray(g, np.float32)), ones, np.zeros_like(ones)], 1)
     else:
         aug = np.concatenate([-2.0 * g, ones, np.sum(g ** 2, 1, keepdims=True)], 1)
     return jnp.asarray(aug), jnp.asarray(int(metric == "cosine"))

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
-from personvit_jax.evaluation.distances import (feature_distance_rows, float_keys,
-                                                l2_normalize, nonzero_below)
+from personvit_jax.evaluation.distances import feature_distance_rows, float_keys, nonzero_below
+from personvit_jax.linalg import l2_normalize
 
 BLOCK = 256  # rows of the N x N distance pass; 256 x 93,820 float32 = 96 MB
 
@@ -208,7 +208,7 @@ def jaccard_graph(feats_nd: np.ndarray, k1: int = 30, k2: int = 6, max_distance:
     [block, N] slab of distances at a time.
     """
     k1, k2 = int(k1), int(k2)
-    feats = l2_normalize(feats_nd)
+    feats = l2_normalize(np.asarray(feats_nd, np.float32))
     n = len(feats)
     if not 2 <= k1 <= n or not 1 <= k2 <= k1:
         raise ValueError(f"Jaccard distance k1={k1}, k2={k2} among {n} items: need "

@@ -14,7 +14,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from personvit_jax.data.layouts import Split
-from personvit_jax.evaluation import ranking
+from personvit_jax.evaluation.ranking import (aggregate, bootstrap_intervals, camera_bias, evaluate,
+                                             evaluate_per_query, rerank_kwargs, summarize)
 from personvit_jax.evaluation.features import extract_features, progress_printer
 
 Embed = Callable[[Any, Any], Any]
@@ -67,16 +68,16 @@ class RetrievalEvaluator:
         """Metrics of given features (rows in split order)."""
         q, g = self.query, self.gallery
         ids = (q.pids, g.pids, q.camids, g.camids)
-        per_query = ranking.evaluate_per_query(qf, gf, *ids, metric=self.metric)
-        summary = ranking.summarize(ranking.aggregate(per_query, self.max_rank))
-        summary.update(ranking.bootstrap_intervals(per_query, q.pids))
+        per_query = evaluate_per_query(qf, gf, *ids, metric=self.metric)
+        summary = summarize(aggregate(per_query, self.max_rank))
+        summary.update(bootstrap_intervals(per_query, q.pids))
         if self.camera_bias:
-            summary.update(ranking.camera_bias(qf, gf, q.camids, g.camids, metric=self.metric))
+            summary.update(camera_bias(qf, gf, q.camids, g.camids, metric=self.metric))
         if self.rerank:
-            rr = ranking.rerank_kwargs(self.rerank)
-            reranked = ranking.evaluate(qf, gf, *ids, metric=self.metric, rerank=rr,
+            rr = rerank_kwargs(self.rerank)
+            reranked = evaluate(qf, gf, *ids, metric=self.metric, rerank=rr,
                                         max_rank=self.max_rank)
-            summary["rerank"] = {**rr, **ranking.summarize(reranked)}
+            summary["rerank"] = {**rr, **summarize(reranked)}
         return Retrieval(summary, per_query, qf, gf)
 
     def run(self, embed: Embed, progress: bool = False) -> Retrieval:

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from personvit_jax.linalg import l2_normalize
 from personvit_jax.models.vit import LN_EPS, Block
 
 
@@ -117,7 +118,7 @@ class WeightNormDense(nn.Module):
     def __call__(self, x_bd: jax.Array) -> jax.Array:
         v = self.param("weight_v", nn.initializers.truncated_normal(stddev=0.02),
                        (x_bd.shape[-1], self.features))
-        w = v / jnp.maximum(jnp.linalg.norm(v, axis=0, keepdims=True), 1e-12)
+        w = l2_normalize(v, axis=0)  # each prototype (column) a unit vector
         if self.learn_norm:
             w = w * self.param("weight_g", nn.initializers.ones, (1, self.features))
         return x_bd @ w
@@ -155,7 +156,7 @@ class IBOTHead(nn.Module):
         for i in range(self.num_layers - 1):
             x = nn.gelu(dense(self.hidden_dim, f"mlp_{i}")(x), approximate=False)
         x = dense(self.bottleneck_dim, f"mlp_{self.num_layers - 1}")(x)
-        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        x = l2_normalize(x)
         x = x.reshape(b, t, self.bottleneck_dim)
         cls_rows, patch_rows = x[:, 0], x[:, 1:].reshape(b * (t - 1), self.bottleneck_dim)
         last = WeightNormDense(self.out_dim, self.learn_last_norm, name="last_layer")

@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from personvit_jax import files, inference, validation
-from personvit_jax.data import layouts, pipeline
+from personvit_jax import datasets, files, inference, validation
+from personvit_jax.data import layouts
 from personvit_jax.evaluation import RetrievalEvaluator, distances, visualize
 from personvit_jax.training import checkpointing, sharding
 from personvit_jax.workdir import holds_workdir_lock
@@ -49,8 +49,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     is_main = jax.process_index() == 0
 
     # ------------------------------------------------------------------ data
-    splits = pipeline.load_splits(config.data.name, config.data.data_dir,
-                                  config.data.synthetic.to_dict())
+    splits = datasets.evaluation_splits(config.data)
     query, gallery = splits["query"], splits["gallery"]
 
     # ------------------------------------------------------------------ checkpoint -> embed
@@ -110,7 +109,8 @@ def image_names(split, data_cfg) -> list[str]:
     names recorded at build time for a TFDS build."""
     if split.records is not None:
         return list(split.paths)
-    root = layouts.dataset_root(data_cfg.name, data_cfg.data_dir)
+    root = (data_cfg.root if data_cfg.name == "query_gallery"
+            else layouts.dataset_root(data_cfg.name, data_cfg.data_dir))
     return [os.path.relpath(p, root) for p in split.paths]
 
 

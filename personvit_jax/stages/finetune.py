@@ -17,11 +17,10 @@ import ml_collections
 import optax
 from absl import logging
 
-from personvit_jax import inference, validation
+from personvit_jax import datasets, inference, reid_state, validation
 from personvit_jax.data import pipeline
 from personvit_jax.evaluation import RetrievalEvaluator
 from personvit_jax.losses import reid_loss
-from personvit_jax.models import init_from
 from personvit_jax.models.reid import reid_model_from_config
 from personvit_jax.training import checkpointing, loop, optim, sharding
 from personvit_jax.training.logging import MetricLogger
@@ -38,7 +37,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = validation.prepare_workdir(config, workdir, is_main)
 
     # ------------------------------------------------------------------ data
-    splits = pipeline.load_splits(config.data.name, config.data.data_dir,
+    splits = datasets.load_splits(config.data.name, config.data.data_dir,
                                   config.data.synthetic.to_dict())
     # Label-efficiency runs train on a seeded fraction of the identities (1.0 = all).
     train_split = pipeline.subset_identities(splits["train"], config.data.train_id_fraction,
@@ -79,8 +78,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ train state & shardings
     # Parameters and optimizer state replicated or FSDP-sharded by sharding.STATE_RULES.
-    state, state_sh = sharding.init_sharded(lambda: init_train_state(model, tx, config, (h, w)),
-                                            mesh, config.mesh)
+    state, state_sh = sharding.init_sharded(
+        lambda: reid_state.init_train_state(model, tx, config, (h, w)), mesh, config.mesh)
 
     # ------------------------------------------------------------------ steps
     train_step = sharding.jit_train_step(make_train_step(model, tx, lr_schedule, config),
@@ -109,7 +108,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                       save_interval_steps=config.checkpoint_every_steps)
 
     state = checkpointing.restore_or_initialize(
-        ckpt, state, data_iter, backbone_init(
+        ckpt, state, data_iter, reid_state.backbone_init(
             config, tx, state_sh, f"BNNeck and ID classifier start fresh for the {num_classes} ids")
         if config.init_from else None, log=logging.info, warn=logging.warning)
 
@@ -127,24 +126,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # ------------------------------------------------------------------ final evaluation
     return loop.finish(state, step, eval_fn=run_eval, eval_prefix="eval", logger=logger,
                        ckpt=ckpt, workdir=workdir, results={"dataset": config.data.name})
-
-
-def backbone_init(config, tx, state_sh, fresh: str):
-    """state -> state with the backbone of config.init_from (a pretrain run's teacher, or a
-    ReID run's backbone) and a fresh optimizer state; the BNNeck (and any classifier) stay as
-    initialised, which the log says in `fresh`."""
-
-    def load(state):
-        source = inference.init_source(config.init_from)
-        params = init_from.merge_backbone(jax.device_get(state["params"]), source.backbone,
-                                          config.model.pos_grid, config.init_from,
-                                          source.pos_grid, log=logging.info)
-        logging.info("init_from: %s of %s%s", fresh, config.data.name,
-                     f" (the checkpoint's classifier had {source.num_classes} ids; not loaded)"
-                     if source.num_classes else "")
-        return jax.device_put(dict(state, params=params, opt_state=tx.init(params)), state_sh)
-
-    return load
 
 
 def make_train_step(model, tx, lr_schedule, config):
@@ -187,15 +168,6 @@ def make_train_step(model, tx, lr_schedule, config):
         return loop.guard_nonfinite(state, new_state, metrics)
 
     return train_step
-
-
-def init_train_state(model, tx, config, image_hw) -> dict:
-    """Fresh train state: {step, params, batch_stats, opt_state, rng} (jit it with shardings)."""
-    variables = model.init({"params": jax.random.PRNGKey(config.seed)},
-                           jnp.zeros((1, *image_hw, 3)), jnp.zeros((1,), jnp.int32))
-    return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
-            "batch_stats": variables["batch_stats"], "opt_state": tx.init(variables["params"]),
-            "rng": jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)}
 
 
 def _triplet_margin(loss_cfg):

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from personvit_jax import inference, losses, validation
+from personvit_jax import datasets, inference, losses, validation
 from personvit_jax.data import color_augment, pipeline
 from personvit_jax.evaluation import RetrievalEvaluator
 from personvit_jax.evaluation.features import effective_rank
@@ -41,7 +41,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = validation.prepare_workdir(config, workdir, is_main)
 
     # ------------------------------------------------------------------ data
-    images = pipeline.unlabeled_images(config.data, os.path.join(workdir, "image_index.txt"))
+    images = datasets.unlabeled_images(config.data, os.path.join(workdir, "image_index.txt"))
     validation.check_pretrain_data(config, len(images))
     batch_size = config.data.batch_size
     steps_per_epoch = len(images) // batch_size
@@ -54,7 +54,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data_iter = iter(pipeline.pretrain_iterator(
         images, config.data, config.mask, mask_grid, batch_size, total_steps, config.seed,
         jax.process_index(), jax.process_count()))
-    monitor = pipeline.load_splits(config.monitor.dataset, config.monitor.data_dir,
+    monitor = datasets.load_splits(config.monitor.dataset, config.monitor.data_dir,
                                    config.data.synthetic.to_dict())
 
     # ------------------------------------------------------------------ mesh

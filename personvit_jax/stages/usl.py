@@ -29,14 +29,14 @@ import numpy as np
 import optax
 from absl import logging
 
-from personvit_jax import clustering, files, inference, validation
+from personvit_jax import clustering, datasets, files, inference, reid_state, validation
 from personvit_jax.data import pipeline
 from personvit_jax.evaluation import RetrievalEvaluator
 from personvit_jax.evaluation.features import extract_features
 from personvit_jax.evaluation.rerank import jaccard_graph
+from personvit_jax.linalg import l2_normalize
 from personvit_jax.losses import cluster_contrast_loss
 from personvit_jax.models.reid import reid_model_from_config
-from personvit_jax.stages.finetune import backbone_init, init_train_state
 from personvit_jax.training import checkpointing, loop, optim, sharding
 from personvit_jax.training.logging import MetricLogger
 from personvit_jax.workdir import holds_workdir_lock
@@ -53,7 +53,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = validation.prepare_workdir(config, workdir, is_main)
 
     # ------------------------------------------------------------------ data
-    splits = pipeline.load_splits(config.data.name, config.data.data_dir,
+    splits = datasets.load_splits(config.data.name, config.data.data_dir,
                                   config.data.synthetic.to_dict())
     hidden = np.asarray(splits["train"].pids)  # monitoring only (clustering.quality)
     camids = np.asarray(splits["train"].camids)  # known without labels: cluster.camera_centred
@@ -130,7 +130,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                       max_to_keep=config.keep_checkpoints,
                                       save_interval_steps=config.checkpoint_every_steps)
     state = checkpointing.restore_or_initialize(
-        ckpt, state, None, backbone_init(config, tx, state_sh,
+        ckpt, state, None, reid_state.backbone_init(config, tx, state_sh,
                                                 "the BNNeck starts fresh for the pseudo identities")
         if config.init_from else None, log=logging.info, warn=logging.warning)
 
@@ -216,7 +216,7 @@ def make_usl_step(model, tx, lr_schedule, config):
             loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = jax.tree.map(jnp.add, state["params"], updates)
-        unit = feats / jnp.maximum(jnp.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+        unit = l2_normalize(feats)
         memory = clustering.update_memory(state["memory"], unit, batch["labels"], m.momentum,
                                           group, m.hard)
         metrics = {"loss": loss, "memory_accuracy": acc, "lr": lr_schedule(state["step"]),
@@ -230,7 +230,7 @@ def make_usl_step(model, tx, lr_schedule, config):
 
 def init_usl_state(model, tx, config, image_hw, num_images: int) -> dict:
     """The fine-tune train state + an empty clustering (cluster_epoch -1: none yet)."""
-    state = init_train_state(model, tx, config, image_hw)
+    state = reid_state.init_train_state(model, tx, config, image_hw)
     dim = state["params"]["neck"]["bottleneck"]["scale"].shape[0]
     return dict(state, memory=jnp.zeros((num_images, dim), jnp.float32),
                 labels=jnp.full((num_images,), -1, jnp.int32),

@@ -1,6 +1,6 @@
 """The labelled synthetic set as a TFDS build, read like any real dataset.
 
-``data.name=synthetic`` (``pipeline.load_splits``) comes here: the set of the config's generator
+``data.name=synthetic`` (``datasets.load_splits``) comes here: the set of the config's generator
 arguments (``data.synthetic``) is generated and built on first use into::
 
     <data_dir>/synthetic_market1501/<name>/    the Market-1501 folder + manifest.json (write.py)

@@ -51,6 +51,7 @@ import numpy as np
 from absl import flags
 
 from personvit_jax import cli, files, inference
+from personvit_jax.linalg import l2_normalize
 
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 FORMATS = ("jax", "onnx")
@@ -246,10 +247,6 @@ def random_inputs(info: dict, batch: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def l2_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def onnx_gap(model_bytes: bytes, fn: Callable, info: dict, batches=(1, 3)) -> float:
     """Max abs difference between ONNX Runtime's (CPU) and JAX's L2-normalised features of the
     same random inputs, over `batches` (two sizes: the batch dimension must really be free)."""
@@ -263,7 +260,7 @@ def onnx_gap(model_bytes: bytes, fn: Callable, info: dict, batches=(1, 3)) -> fl
         inputs = random_inputs(info, b, seed=b)
         ours = session.run(None, dict(zip(names, inputs)))[0]
         ref = np.asarray(jitted(*inputs))
-        gap = max(gap, float(np.abs(l2_rows(ours) - l2_rows(ref)).max()))
+        gap = max(gap, float(np.abs(l2_normalize(ours) - l2_normalize(ref)).max()))
     return gap
 
 

@@ -5,8 +5,11 @@ r"""Features of a folder of images, and nearest-neighbour look-ups against them.
   # the K gallery images nearest to one query image: printed, and drawn as a rank list
   python -m personvit_jax.tools.extract --checkpoint=DIR --gallery=F.npz --query=IMG --top=K
   python -m personvit_jax.tools.extract --checkpoint=DIR --images=FOLDER --query=IMG --top=K
-  # Market-1501 metrics of two feature files (no model): ids and cameras from Market-style
-  # file names (0002_c1s1_...jpg), or from --labels=CSV rows 'name,pid,camid' (names as stored)
+  # an SIE (camera-embedding) model: one camera for all, or each image's from a CSV
+  python -m personvit_jax.tools.extract --checkpoint=DIR --images=FOLDER --output=F.npz \
+      --labels=CSV  # rows 'name,pid,camid', names relative to FOLDER (or --camera_id=N)
+  # Market-1501 metrics of two feature files (no model): ids and cameras from --labels=CSV,
+  # else those saved at extraction (--labels there), else Market-style names (0002_c1s1_...jpg)
   python -m personvit_jax.tools.extract --query_features=Q.npz --gallery=G.npz [--labels=CSV]
 
 Preprocessing is the official test one: resize to the checkpoint's image size (its saved
@@ -60,37 +63,48 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("draw", None, "PNG for the query's rank list (default: <query "
                         "name>_top<K>.png in the current folder).", flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "Replace existing output files.", flag_values=fv)
-    flags.DEFINE_integer("camera_id", None, "Camera id (0-based) of the images, for models "
-                         "with SIE camera embeddings.", flag_values=fv)
+    flags.DEFINE_integer("camera_id", None, "Camera id (0-based) of all the images, for models "
+                         "with SIE camera embeddings (per image: --labels).", flag_values=fv)
     flags.DEFINE_string("query_features", None, "A .npz written by --output: evaluate it as the "
                         "query set against --gallery (Market-1501 metrics; no model needed).",
                         flag_values=fv)
-    flags.DEFINE_string("labels", None, "CSV of 'name,pid,camid' rows for --query_features / "
-                        "--gallery (names as the files store them; pid -1 = junk, left out); "
-                        "default: Market-style file names.", flag_values=fv)
+    flags.DEFINE_string("labels", None, "CSV of 'name,pid,camid' rows (camid 0-based; names "
+                        "relative to --images, as the files store them). With --images: each "
+                        "image's camera for SIE models, and pids / camids saved in --output. "
+                        "With --query_features / --gallery: their labels (pid -1 = junk, left "
+                        "out); default: Market-style file names.", flag_values=fv)
 
 
-def folder_split(root: str) -> Split:
-    """Every image under `root` (recursive, sorted) as an unlabeled split."""
-    return Split.from_paths(os.path.basename(os.path.normpath(root)), list_images(root))
+def folder_split(root: str, labels: Optional[dict] = None) -> Split:
+    """Every image under `root` (recursive, sorted): pids and camera ids from `labels`
+    ({name relative to root: (pid, camid)}, every image listed), else none."""
+    split = Split.from_paths(os.path.basename(os.path.normpath(root)), list_images(root))
+    if labels is None:
+        return dataclasses.replace(split, has_camera_ids=False)
+    names = [os.path.relpath(p, root) for p in split.paths]
+    pids, camids = feature_file_labels(root, names, labels)
+    return dataclasses.replace(split, pids=pids, camids=camids)
 
 
 def embed_split(config, split: Split, label: str, camera_id: Optional[int] = None
                 ) -> tuple[np.ndarray, dict]:
     """Features [N, D] of `split` with the checkpoint's test preprocessing (+ settings used).
-    A model with SIE camera embeddings needs `camera_id` (0-based), used for every image."""
+    A model with SIE camera embeddings needs camera ids (0-based): `camera_id` for every image,
+    else the split's own (from --labels)."""
     validation.check_eval_block(config)
     mesh = sharding.make_mesh(config.mesh)
     e = config.eval
     sharding.check_batch_divisible(e.batch_size, mesh, "config.eval.batch_size")
     loaded = inference.load_model(config.checkpoint, config.model, config.data)
     if loaded.uses_cameras:
-        if camera_id is None:
+        if camera_id is not None:
+            split = dataclasses.replace(split, camids=np.full(len(split), camera_id, np.int32))
+        elif not split.has_camera_ids:
             raise ValueError(f"{loaded.checkpoint}: the model has SIE camera embeddings "
                              f"({loaded.num_cameras} cameras): pass --camera_id=N (0-based) for "
-                             "the images")
-        split = dataclasses.replace(split, camids=np.full(len(split), camera_id, np.int32))
-        loaded.check_camera_ids(split.camids, "--camera_id")
+                             "all the images, or --labels=CSV of 'name,pid,camid' for each")
+        loaded.check_camera_ids(split.camids, "--camera_id" if camera_id is not None
+                                else "--labels")
     repl = sharding.replicated(mesh)
     embed = functools.partial(
         sharding.jit_embed(loaded.embed_fn(e.neck_feat, e.normalize, e.flip), repl, mesh),
@@ -113,16 +127,23 @@ def refuse_existing(path: str, overwrite: bool) -> None:
 
 
 def extract_folder(config, root: str, output: str | None = None, overwrite: bool = False,
-                   camera_id: Optional[int] = None) -> tuple[np.ndarray, list[str]]:
-    """Features and image paths of the folder; saved to `output` (.npz) when given."""
+                   camera_id: Optional[int] = None, labels: Optional[dict] = None
+                   ) -> tuple[np.ndarray, list[str]]:
+    """Features and image paths of the folder; saved to `output` (.npz) when given. `labels`
+    ({name: (pid, camid)}, read_labels): each image's camera for an SIE model, and the pids /
+    camids saved beside the features."""
+    if camera_id is not None and labels is not None:
+        raise ValueError("--camera_id and --labels both give camera ids: pass one")
     if output:
         refuse_existing(output, overwrite)
-    split = folder_split(root)
+    split = folder_split(root, labels)
     feats, settings = embed_split(config, split, "images", camera_id)
     root = os.path.abspath(root)
     if output:
+        labelled = {"pids": split.pids, "camids": split.camids} if labels is not None else {}
         files.save_npz(output, {"features": feats, "names": np.asarray(
-            [os.path.relpath(p, root) for p in split.paths]), "root": root, **settings})
+            [os.path.relpath(p, root) for p in split.paths]), "root": root, **labelled,
+            **settings})
         print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {output}")
     return feats, split.paths
 
@@ -209,7 +230,10 @@ def evaluate_feature_files(query: str, gallery: str, labels_csv: Optional[str] =
         feats, paths, settings = load_gallery(path)
         root = str(settings["root"])
         names = [os.path.relpath(p, root) for p in paths]
-        pids, camids = feature_file_labels(path, names, labels)
+        if labels is None and "pids" in settings:  # saved at extraction (--labels there)
+            pids, camids = (np.asarray(settings[k], np.int32) for k in ("pids", "camids"))
+        else:
+            pids, camids = feature_file_labels(path, names, labels)
         keep = pids != -1
         sets.append((feats[keep], Split(os.path.basename(path), [p for p, k in zip(paths, keep)
                                                                    if k], pids[keep],
@@ -270,7 +294,8 @@ def run(fv: flags.FlagValues) -> int:
     gallery = None
     if fv.images:
         g_feats, g_paths = extract_folder(config, fv.images, fv.output, fv.overwrite,
-                                          fv.camera_id)
+                                          fv.camera_id,
+                                          read_labels(fv.labels) if fv.labels else None)
     else:
         g_feats, g_paths, g_settings = load_gallery(fv.gallery)
         gallery = (fv.gallery, g_settings)
