@@ -47,7 +47,10 @@ def get_config(arg=None):
     d.data_dir = "data"  # where data.prepare wrote the builds / the synthetic set is built
     d.synthetic = ml_collections.ConfigDict({  # generator arguments (name=synthetic)
         "seed": 0, "num_train_ids": 450, "num_test_ids": 150, "images_per_id": (4, 8),
-        "num_distractors": 300, "num_junk": 100})
+        "num_distractors": 300, "num_junk": 100,
+        # '' = the full set; 'all' = its sanity mode; or the nuisance parts it removes, e.g.
+        # 'background' or 'camera,extras' (synthetic/render.py NUISANCE)
+        "sanity": ""})
     # Also the train split of this labelled dataset (labels unused), read from
     # `labelled_data_dir`: a pool plus the fine-tuning set's own images; '' = none
     d.plus_labelled = ""
@@ -151,7 +154,7 @@ def get_config(arg=None):
 
     if args["sanity"]:
         args["synthetic"] = True
-        d.synthetic.sanity = True  # the training images and the monitor's query / gallery
+        d.synthetic.sanity = "all"  # the training images and the monitor's query / gallery
     if args["synthetic"] or args["synthetic_pool"]:
         # CPU-sized: 128x64 / 64x32 crops, the fine-tune config's 6-block ViT-Tiny, 4 local crops
         d.name = "synthetic"

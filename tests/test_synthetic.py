@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_SYNTHETIC
-from personvit_jax import synthetic
+from personvit_jax import datasets, synthetic
 from personvit_jax.data import builders, layouts, pipeline
 from personvit_jax.data.prepare import prepare
 from personvit_jax.synthetic import build, plan, render
@@ -298,11 +298,11 @@ def test_other_arguments_get_their_own_build_and_a_mislabelled_one_is_refused(tm
               os.path.join(data_dir, "synthetic", name_c))
     with pytest.raises(ValueError, match=f"synthetic/{name_c}/1.0.0 is not the build of the "
                                          "requested synthetic set") as info:
-        pipeline.load_splits("synthetic", data_dir, c)
+        datasets.load_splits("synthetic", data_dir, c)
     assert "'num_junk': 1" in str(info.value) and "'num_junk': 2" in str(info.value)
     with pytest.raises(ValueError, match=r"config.data.synthetic: unknown generator argument\(s\) "
                                          r"\['num_train_id'\]"):
-        pipeline.load_splits("synthetic", data_dir, {"num_train_id": 3})
+        datasets.load_splits("synthetic", data_dir, {"num_train_id": 3})
 
 
 def test_tfds_records_match_the_files_and_manifest(tiny_data_dir, tiny_splits):
@@ -392,8 +392,21 @@ def test_sanity_mode_keeps_garments_and_drops_the_nuisance(small_set, tmp_path, 
     assert synthetic.read_manifest(root)["args"]["sanity"] is True
     assert "sanity" not in synthetic.market_args(seed=3, **SMALL)  # old names stay
     assert _tree_sha256(small_set) == SMALL_SEED3_SHA256
-    with pytest.raises(ValueError, match="sanity must be True or False"):
+    with pytest.raises(ValueError, match=r"sanity='yes': unknown part\(s\) \['yes'\]"):
         synthetic.market_args(sanity="yes")
+    # One part at a time: which nuisance a method fails on.
+    assert synthetic.market_args(sanity="camera, background")["sanity"] == "background,camera"
+    assert synthetic.market_args(sanity="all")["sanity"] is True
+    assert synthetic.market_args(sanity=",".join(render.NUISANCE))["sanity"] is True
+    assert "sanity" not in synthetic.market_args(sanity="")
+    plain_bg = render.Renderer(3, 128, 64, sanity="background")
+    assert plain_bg.camera(1) == render.Renderer(3, 128, 64).camera(1)  # its cameras stay
+    assert plain_bg.person(2) == normal
+    spec = next(sp for sp in plan.plan_market(synthetic.market_args(seed=3, **SMALL))
+                if sp.kind == "person")
+    images = [np.asarray(render.render_spec(r, spec, 8)).astype(int)
+              for r in (plain_bg, renderer, render.Renderer(3, 128, 64))]
+    assert np.abs(images[0] - images[1]).max() > 10 and np.abs(images[0] - images[2]).max() > 10
     assert cli([f"--out={tmp_path / 'cli'}", "--sanity", "--num_train_ids=2", "--num_test_ids=2",
                 "--images_per_id=4,4", "--num_distractors=0", "--num_junk=0",
                 "--num_cameras=2", "--workers=1"]) == 0
@@ -482,7 +495,7 @@ def test_pool_builds_as_unlabeled_folder_and_pretraining_reads_it(pool, tmp_path
     assert summary["complete"] and summary["images"] == 30 and summary["parts"] == 2
     cfg = ml_collections.ConfigDict({"name": "unlabeled_folder", "data_dir": data_dir,
                                      "plus_labelled": ""})
-    images = pipeline.unlabeled_images(cfg, str(tmp_path / "index.txt"))
+    images = datasets.unlabeled_images(cfg, str(tmp_path / "index.txt"))
     names = _pool_names(pool)
     assert list(images.paths) == names  # manifest.json is not an image: left out
     with open(os.path.join(pool, names[7]), "rb") as f:
@@ -499,7 +512,7 @@ def test_pool_plus_the_labelled_train_images(pool, tiny_data_dir, tiny_splits, t
                                      "plus_labelled": "synthetic",
                                      "labelled_data_dir": tiny_data_dir,
                                      "synthetic": dict(TINY_SYNTHETIC)})
-    images = pipeline.unlabeled_images(cfg, str(tmp_path / "index.txt"))
+    images = datasets.unlabeled_images(cfg, str(tmp_path / "index.txt"))
     train = tiny_splits["train"]
     assert len(images) == 30 + len(train)
     assert list(images.paths) == _pool_names(pool) + list(train.paths)

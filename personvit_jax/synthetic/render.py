@@ -37,6 +37,41 @@ _SANITY_BACKGROUND = (128, 128, 128, 255)
 _SANITY_BODY_PID = 0
 
 
+# The parts of the nuisance the sanity mode can remove, one at a time or together.
+NUISANCE = ("background", "camera", "people", "extras")
+
+
+def nuisance_removed(sanity) -> frozenset:
+    """The parts of NUISANCE a `sanity` argument removes: True = all; False / '' = none; a
+    comma-separated string (or a list) of parts = those (`check_sanity` canonicalises)."""
+    if sanity is True:
+        return frozenset(NUISANCE)
+    if not sanity:
+        return frozenset()
+    parts = sanity.split(",") if isinstance(sanity, str) else list(sanity)
+    return frozenset(p.strip() for p in parts if p.strip())
+
+
+def check_sanity(sanity):
+    """The canonical form of a `sanity` argument (True, False, or the sorted parts joined by
+    commas), or a ValueError naming what is wrong."""
+    if isinstance(sanity, bool):
+        return sanity
+    if not isinstance(sanity, (str, list, tuple)):
+        raise ValueError(f"sanity must be True, False or parts of {list(NUISANCE)} (e.g. "
+                         f"'background,camera'), got {sanity!r}")
+    if isinstance(sanity, str) and sanity.strip() == "all":
+        return True
+    parts = nuisance_removed(sanity)
+    unknown = sorted(parts - set(NUISANCE))
+    if unknown:
+        raise ValueError(f"sanity={sanity!r}: unknown part(s) {unknown}; expected some of "
+                         f"{list(NUISANCE)} (or True / 'all' for every one)")
+    if parts == set(NUISANCE):
+        return True
+    return ",".join(sorted(parts)) if parts else False
+
+
 @dataclasses.dataclass(frozen=True)
 class Framing:
     """Where the detector box puts the person (fractions of the crop)."""
@@ -62,12 +97,13 @@ class Renderer:
     occluders, cameras without colour cast, optics, lighting or noise, and people who share one
     body, skin and hair and carry nothing (`people.garments_only`); what remains is garments,
     pose, facing and the detector box. A check of a method: what it cannot learn here, it will
-    not learn on the full set either."""
+    not learn on the full set either. sanity='background,camera' (any of NUISANCE) removes only
+    those parts: which one a method fails on."""
 
     def __init__(self, seed: int, height: int, width: int, style_seed: Optional[int] = None,
                  sanity: bool = False):
         self.seed, self.height, self.width, self.style_seed = seed, height, width, style_seed
-        self.sanity = sanity
+        self.plain = nuisance_removed(sanity)
         self.cw, self.ch = width * _SUPERSAMPLE, height * _SUPERSAMPLE
         self._cameras: dict[int, CameraStyle] = {}
         self._panoramas: dict[int, Image.Image] = {}
@@ -76,7 +112,7 @@ class Renderer:
     def camera(self, cam: int) -> CameraStyle:
         if cam not in self._cameras:
             style = camera_style(cam, self.seed, self.style_seed)
-            if self.sanity:  # an ideal sensor; people still cross it in its direction
+            if "camera" in self.plain:  # an ideal sensor; people still cross it in its direction
                 style = dataclasses.replace(style, scene="plain", gain=(1.0, 1.0, 1.0),
                                             offset=(0.0, 0.0, 0.0), brightness=1.0,
                                             contrast=1.0, saturation=1.0, gamma=1.0, blur=0.0,
@@ -87,7 +123,7 @@ class Renderer:
     def person(self, pid: int) -> PersonAttributes:
         """The appearance of `pid` in this set (garments only in the sanity mode)."""
         a = person_attributes(pid, self.seed)
-        return garments_only(a, self._body) if self.sanity else a
+        return garments_only(a, self._body) if "people" in self.plain else a
 
     def panorama(self, cam: int) -> Image.Image:
         if cam not in self._panoramas:
@@ -98,7 +134,7 @@ class Renderer:
     def background(self, rng: np.random.Generator, cam: int, zoom: float) -> Image.Image:
         """A window of the camera's panorama plus per-image clutter (plain in the sanity
         mode)."""
-        if self.sanity:
+        if "background" in self.plain:
             return Image.new("RGBA", (self.cw, self.ch), _SANITY_BACKGROUND)
         pano = self.panorama(cam)
         crop_h = pano.height * rng.uniform(0.6, 0.77) / zoom
@@ -175,7 +211,7 @@ class Renderer:
         downsampling in the sanity mode)."""
         style = self.camera(cam)
         img = canvas.convert("RGB").resize((self.width, self.height), Image.Resampling.BOX)
-        if self.sanity:
+        if "camera" in self.plain:
             return img
         if style.resolution < 1.0:
             small = (max(8, int(self.width * style.resolution)),
@@ -207,17 +243,17 @@ class Renderer:
         """A normal detection of person ``a`` seen by camera ``cam``."""
         framing = framing or normal_framing(rng, a)
         canvas = self.background(rng, cam, zoom=framing.height)
-        if rng.random() < 0.25 and not self.sanity:
+        if rng.random() < 0.25 and "extras" not in self.plain:
             self.add_bystander(rng, canvas, front=False)
         self.add_person(canvas, a, random_pose(rng, facing), framing)
-        if rng.random() < occlusion and not self.sanity:
+        if rng.random() < occlusion and "extras" not in self.plain:
             self.add_occluder(rng, canvas, framing)
         return self.finish(rng, canvas, cam)
 
     def render_empty(self, rng: np.random.Generator, cam: int) -> Image.Image:
         """A false detection: background and clutter, maybe a sliver of someone."""
         canvas = self.background(rng, cam, zoom=float(rng.uniform(0.6, 1.0)))
-        if rng.random() < 0.5 and not self.sanity:
+        if rng.random() < 0.5 and "extras" not in self.plain:
             self.add_bystander(rng, canvas, front=False)
         return self.finish(rng, canvas, cam)
 

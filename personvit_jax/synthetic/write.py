@@ -22,7 +22,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 from personvit_jax.data import builders
-from personvit_jax.synthetic import render
+from personvit_jax.synthetic.render import Renderer, check_sanity, render_spec
 from personvit_jax.synthetic.plan import SPLITS, ImageSpec, plan_market, plan_pool
 
 FORMAT_NAME = "personvit_jax.synthetic_market"
@@ -44,14 +44,15 @@ def market_args(seed: int = 0, num_train_ids: int = 450, num_test_ids: int = 150
                 num_cameras: int = 6, images_per_id: Sequence[int] = (4, 8),
                 num_distractors: int = 300, num_junk: int = 100, height: int = 128,
                 width: int = 64, style_seed: Optional[int] = None,
-                sanity: bool = False) -> dict:
+                sanity=False) -> dict:
     """The labelled set's complete, checked generator arguments, as its manifest stores them.
 
     ``style_seed``: None = the original camera domain (drawn from ``seed``); an int = the
     cameras and scenes of that style domain (scenes.py). ``sanity``: the same plan rendered
     without nuisance (render.Renderer: plain background, ideal cameras, people differing only
-    by garments). Each is stored only when set, so the manifests (and build names) of sets
-    made before it existed stay as they were.
+    by garments), True / 'all' for all of it, or some parts of render.NUISANCE (e.g.
+    'background,camera'). Each is stored only when set, so the manifests (and build names) of
+    sets made before it existed stay as they were.
     """
     args = {
         "seed": seed,
@@ -92,7 +93,7 @@ def market_args(seed: int = 0, num_train_ids: int = 450, num_test_ids: int = 150
 def pool_args(seed: int = 0, num_images: int = 20_000, num_cameras: int = 300,
               images_per_id: Sequence[int] = (1, 6), cameras_per_id: Sequence[int] = (1, 3),
               height: int = 128, width: int = 64, style_seed: Optional[int] = None,
-              sanity: bool = False) -> dict:
+              sanity=False) -> dict:
     """The unlabeled pool's complete, checked generator arguments: ``num_images`` images of new
     people (none of any labelled set's, plan.py), each person with ``images_per_id`` images
     (uniform, inclusive) seen by ``cameras_per_id`` of ``num_cameras`` cameras (each its own
@@ -132,8 +133,10 @@ def _check_common(args: dict) -> None:
         value = args.get(key, 0)
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{key} must be a non-negative int, got {value!r}")
-    if not isinstance(args.get("sanity", False), bool):
-        raise ValueError(f"sanity must be True or False, got {args['sanity']!r}")
+    if "sanity" in args:
+        args["sanity"] = check_sanity(args["sanity"])
+        if args["sanity"] is False:
+            del args["sanity"]
     if args["height"] < 16 or args["width"] < 8:
         raise ValueError(f"height={args['height']}, width={args['width']}: height must be >= 16 "
                          "and width >= 8")
@@ -289,9 +292,9 @@ def _render_all(out: str, specs: list[ImageSpec], render_args: tuple, num_worker
 def _render_group(task: tuple) -> int:
     """Renders one camera's images (worker entry point); returns how many."""
     out, (seed, height, width, style_seed, num_ids, sanity), specs = task
-    renderer = render.Renderer(seed, height, width, style_seed, sanity)
+    renderer = Renderer(seed, height, width, style_seed, sanity)
     for spec in specs:
-        image = render.render_spec(renderer, spec, num_ids)
+        image = render_spec(renderer, spec, num_ids)
         image.save(os.path.join(out, spec.folder, spec.name), "JPEG", quality=_JPEG_QUALITY)
     return len(specs)
 
