@@ -15,7 +15,7 @@ from conftest import TINY_SYNTHETIC
 from personvit_jax import datasets, synthetic
 from personvit_jax.data import builders, layouts, pipeline
 from personvit_jax.data.prepare import prepare
-from personvit_jax.synthetic import build, plan, render
+from personvit_jax.synthetic import build, plan, render, write
 from personvit_jax.synthetic import generate_pool, generate_synthetic_market
 from personvit_jax.synthetic.__main__ import main as cli
 
@@ -205,8 +205,8 @@ def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(render, "render_spec", boom)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(write, "render_spec", boom)  # the name the writer calls
+    with pytest.raises(RuntimeError, match="interrupted"):
         generate_synthetic_market(str(tmp_path / "set"), **SMALL)
     assert os.listdir(tmp_path) == []
 

@@ -38,16 +38,17 @@ class RetrievalEvaluator:
     """Evaluates embeddings on `query` against `gallery` (layouts.Split: pids, camids).
 
     preprocessing: the test transform (image_size, mean, std); batch_size: global extraction
-    batch (divisible by the mesh's devices); metric: euclidean | cosine; camera_bias: also
+    batch (divisible by the mesh's devices); these and mesh only serve `features` / `run`
+    (`metrics` of given features needs none of them); metric: euclidean | cosine; camera_bias: also
     report `ranking.camera_bias` (share of same-camera neighbours); rerank: None or
     {k1, k2, lambda_value} to also report k-reciprocal re-ranked metrics under "rerank".
     """
 
     query: Split
     gallery: Split
-    preprocessing: Any
-    mesh: Mesh
-    batch_size: int
+    preprocessing: Any = None
+    mesh: Optional[Mesh] = None
+    batch_size: int = 0
     metric: str = "euclidean"
     max_rank: int = 50
     camera_bias: bool = False
@@ -57,6 +58,9 @@ class RetrievalEvaluator:
 
     def features(self, embed: Embed, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Query [Q, D] and gallery [G, D] features of `embed`."""
+        if self.preprocessing is None or self.mesh is None or self.batch_size <= 0:
+            raise ValueError("RetrievalEvaluator.features needs preprocessing, mesh and "
+                             "batch_size (this one was made for metrics of given features)")
         out = []
         for name, split in (("query", self.query), ("gallery", self.gallery)):
             out.append(extract_features(embed, split, self.preprocessing, self.mesh,
@@ -76,7 +80,7 @@ class RetrievalEvaluator:
         if self.rerank:
             rr = rerank_kwargs(self.rerank)
             reranked = evaluate(qf, gf, *ids, metric=self.metric, rerank=rr,
-                                        max_rank=self.max_rank)
+                                max_rank=self.max_rank)
             summary["rerank"] = {**rr, **summarize(reranked)}
         return Retrieval(summary, per_query, qf, gf)
 

@@ -243,8 +243,8 @@ def evaluate_feature_files(query: str, gallery: str, labels_csv: Optional[str] =
         raise ValueError(f"--query_features={query}: the file records no feature_space "
                          "(written before the check): extract it again")
     check_same_feature_space(gallery, g_settings, q_settings)
-    evaluator = RetrievalEvaluator(q_split, g_split, preprocessing=None, mesh=None,
-                                   batch_size=0, metric=metric, rerank=True if rerank else None)
+    evaluator = RetrievalEvaluator(q_split, g_split, metric=metric,
+                                   rerank=True if rerank else None)
     return evaluator.metrics(qf, gf).summary
 
 
