@@ -26,9 +26,10 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from personvit_jax.models.vit import VIT_SIZES  # noqa: E402
 from personvit_jax.training.logging import read_metrics  # noqa: E402
 
-COLUMNS = ("run", "steps", "CLS loss (ln K)", "patch loss", "teacher entropy / of mean",
+COLUMNS = ("run", "steps", "CLS loss (ln K)", "CLS loss at 1/4, 1/2, 3/4", "patch loss", "teacher entropy / of mean",
            "prototypes used", "feature std (1/sqrt D)", "grad at logits CLS / patch",
            "monitor mAP", "effective rank", "top-10 same camera")
 
@@ -41,6 +42,16 @@ def tail_mean(train: dict, key: str, n: int = 5) -> float:
     return float(values[-n:].mean()) if len(values) else float("nan")
 
 
+def at_fractions(train: dict, key: str, fractions=(0.25, 0.5, 0.75)) -> str:
+    """The logged values of `key` nearest to these fractions of the run's steps: where a
+    plateau is reached or left (a run can start below ln K and climb back)."""
+    if key not in train or not len(train["step"]):
+        return "-"
+    steps, values = np.asarray(train["step"]), np.asarray(train[key])
+    picks = [values[np.abs(steps - f * steps[-1]).argmin()] for f in fractions]
+    return " / ".join(f"{v:.2f}" for v in picks)
+
+
 def probe_row(workdir: str) -> tuple[dict, dict]:
     """(the row's fields, the run's config) of one pretrain workdir."""
     with open(os.path.join(workdir, "config.json")) as f:
@@ -50,19 +61,21 @@ def probe_row(workdir: str) -> tuple[dict, dict]:
                          "'pretrain'")
     m = read_metrics(workdir)
     train, monitor = m.get("train", {}), m.get("monitor", {})
-    k, width = config["head"]["out_dim"], config["model"].get("width") or None
+    k = config["head"]["out_dim"]
+    width = config["model"].get("width") or VIT_SIZES[config["model"]["name"]]["width"]
     curve = [f"{v:.4f}" for v in monitor.get("mAP", [])]
     last = lambda key: float(monitor[key][-1]) if key in monitor else float("nan")
     row = {
         "run": os.path.basename(os.path.normpath(workdir)),
         "steps": int(train["step"][-1]) if "step" in train else 0,
         "CLS loss (ln K)": f"{tail_mean(train, 'cls_loss'):.3f} ({math.log(k):.3f})",
+        "CLS loss at 1/4, 1/2, 3/4": at_fractions(train, "cls_loss"),
         "patch loss": f"{tail_mean(train, 'patch_loss'):.3f}",
         "teacher entropy / of mean": f"{tail_mean(train, 'teacher_mean_entropy'):.2f} / "
                                      f"{tail_mean(train, 'teacher_entropy_of_mean'):.2f}",
         "prototypes used": f"{tail_mean(train, 'teacher_prototypes_used'):.3f}",
         "feature std (1/sqrt D)": f"{tail_mean(train, 'teacher_feature_std'):.4f}"
-                                  + (f" ({1 / math.sqrt(width):.4f})" if width else ""),
+                                  + f" ({1 / math.sqrt(width):.4f})",
         "grad at logits CLS / patch": f"{tail_mean(train, 'cls_logit_grad_norm'):.3g} / "
                                       f"{tail_mean(train, 'patch_logit_grad_norm'):.3g}",
         "monitor mAP": " -> ".join(curve) or "-",
