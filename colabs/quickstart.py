@@ -300,8 +300,8 @@ display(visualize.attention_image(people, maps))
 #
 # - **Numbers**: with the defaults, the fine-tuned model reached mAP 0.196 (rank-1 0.157) when
 #   we ran this notebook, still rising at the end; the teacher after 3 pretraining epochs is at
-#   chance (mAP 0.010). `configs/finetune.py:synthetic` (30 epochs from scratch) reaches 0.389
-#   (docs/results.md). At CPU budgets pretraining on the synthetic set does not yet beat
+#   chance (mAP 0.010). `configs/finetune.py:synthetic` (40 epochs from scratch) reaches
+#   0.65 (docs/results.md). At CPU budgets pretraining on the synthetic set does not yet beat
 #   training from scratch (15 epochs from scratch in the `custom_data` notebook: 0.279); on
 #   real data, start from the released LUPerson-pretrained backbone instead (notebook
 #   `pretrained_weights`).

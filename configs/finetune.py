@@ -150,7 +150,7 @@ def get_config(arg=None):
 
     if args["synthetic"]:
         cpu_sized_reid(c)  # 128x64, 6-block ViT-Tiny, batch 8 x 4, AdamW from scratch
-        o.epochs = 30
+        o.epochs = 40  # 30 under-trains (mAP still rising 0.45 -> 0.57 over the last 10)
         o.warmup_epochs = 3
         e.every_epochs = 10
         c.log_every_steps = 20

@@ -13,7 +13,7 @@ from personvit_jax.config_args import load_config, parse_config_arg
 def test_load_config_is_the_command_lines_config():
     c = load_config("finetune", "synthetic")
     assert (c.stage, c.data.name, c.model.name, c.optim.epochs) == ("finetune", "synthetic",
-                                                                     "vit_tiny", 30)
+                                                                     "vit_tiny", 40)
     e = load_config("evaluate", "dataset=reid_folder")
     assert (e.stage, e.data.name) == ("evaluate", "reid_folder")
     assert load_config("pretrain").data.name == "unlabeled_folder"  # no arg: the defaults
