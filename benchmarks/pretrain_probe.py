@@ -29,8 +29,9 @@ sys.path.insert(0, REPO)
 from personvit_jax.models.vit import VIT_SIZES  # noqa: E402
 from personvit_jax.training.logging import read_metrics  # noqa: E402
 
-COLUMNS = ("run", "steps", "CLS loss (ln K)", "CLS loss at 1/4, 1/2, 3/4", "patch loss", "teacher entropy / of mean",
-           "prototypes used", "feature std (1/sqrt D)", "grad at logits CLS / patch",
+COLUMNS = ("run", "steps", "CLS loss (ln K)", "CLS loss at 1/4, 1/2, 3/4", "patch loss",
+           "teacher entropy / of mean", "prototypes used", "feature std (1/sqrt D)",
+           "grad at logits CLS / patch",
            "monitor mAP", "effective rank", "top-10 same camera")
 
 

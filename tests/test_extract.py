@@ -219,6 +219,9 @@ def test_sie_model_takes_each_images_camera_from_the_labels(tiny_config, tiny_da
 
     with pytest.raises(ValueError, match="--camera_id=N .* or --labels=CSV"):
         extract.extract_folder(_config(run), folders["q"])
+    query_image = os.path.join(folders["q"], sorted(os.listdir(folders["q"]))[0])
+    with pytest.raises(ValueError, match="--camera_id=N .* or --labels=CSV"):  # a look-up too
+        extract.look_up(_config(run), query_image, cam0, [], 5, str(tmp_path / "top5.png"))
     with pytest.raises(ValueError, match="pass one"):
         extract.extract_folder(_config(run), folders["q"], camera_id=0, labels={})
     bad = {n: (1, 9) for n in os.listdir(folders["q"])}

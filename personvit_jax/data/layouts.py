@@ -72,9 +72,10 @@ class Split:
 
     @classmethod
     def from_paths(cls, name: str, paths: Sequence[str]) -> "Split":
-        """Unlabeled images (pretraining): pid and camera -1."""
+        """Unlabeled images (pretraining, extraction): pid and camera -1, no camera ids."""
         n = len(paths)
-        return cls(name, paths, np.full(n, -1, np.int32), np.full(n, -1, np.int32))
+        return cls(name, paths, np.full(n, -1, np.int32), np.full(n, -1, np.int32),
+                   has_camera_ids=False)
 
     def __len__(self) -> int:
         return len(self.pids)

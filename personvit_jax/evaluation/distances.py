@@ -48,7 +48,7 @@ def prepare_gallery(gf_gd, metric: str) -> tuple[jax.Array, jax.Array]:
     g = np.asarray(gf_gd, np.float32)
     ones = np.ones((len(g), 1), np.float32)
     if metric == "cosine":
-        aug = np.concatenate([l2_normalize(np.asarray(g, np.float32)), ones, np.zeros_like(ones)], 1)
+        aug = np.concatenate([l2_normalize(g), ones, np.zeros_like(ones)], 1)
     else:
         aug = np.concatenate([-2.0 * g, ones, np.sum(g ** 2, 1, keepdims=True)], 1)
     return jnp.asarray(aug), jnp.asarray(int(metric == "cosine"))

@@ -80,10 +80,10 @@ def folder_split(root: str, labels: Optional[dict] = None) -> Split:
     ({name relative to root: (pid, camid)}, every image listed), else none."""
     split = Split.from_paths(os.path.basename(os.path.normpath(root)), list_images(root))
     if labels is None:
-        return dataclasses.replace(split, has_camera_ids=False)
+        return split
     names = [os.path.relpath(p, root) for p in split.paths]
     pids, camids = feature_file_labels(root, names, labels)
-    return dataclasses.replace(split, pids=pids, camids=camids)
+    return dataclasses.replace(split, pids=pids, camids=camids, has_camera_ids=True)
 
 
 def embed_split(config, split: Split, label: str, camera_id: Optional[int] = None
