@@ -1,29 +1,36 @@
-r"""Does self-supervised pretraining pay off? Label-efficiency on the synthetic set, on CPU.
+r"""Does self-supervised pretraining pay off? Label efficiency and label-free (USL) fine-tuning
+from the teacher against the same runs from scratch, on the synthetic set, on CPU.
 
   python benchmarks/pretrain_payoff.py --workdir=runs/payoff            # everything, resumable
-  python benchmarks/pretrain_payoff.py --workdir=runs/payoff --report   # only the table
+  python benchmarks/pretrain_payoff.py --workdir=runs/payoff10 --pretrained=runs/pt_synthetic \
+      --fractions=0.1 --usl_seeds=                                       # one teacher, 10 % only
+  python benchmarks/pretrain_payoff.py --workdir=runs/payoff --report   # only the tables
 
 Steps (each skipped when its output is complete, resumed when it is partial):
-1. the unlabeled pool: `--pool_images` new people (personvit_jax.synthetic --pool) built as
-   `unlabeled_folder` under WORKDIR/data/synthetic_pool;
-2. pretraining `configs/pretrain.py:synthetic_pool` on it plus the labelled train images
-   (labels unused) -> WORKDIR/pretrain (its monitor: teacher-CLS retrieval mAP, collapse signals);
-3. fine-tunes `configs/finetune.py:synthetic` from that teacher and from scratch at each label
-   fraction of `--fractions` (FRACTION:STEPS, the same steps for both inits), with the seeds of
-   `--seeds` at the smallest fraction; `--variants` adds pretrained-only runs at the smallest
-   fraction: `layer_decay` (AdamW + layer-wise LR decay 0.65) and `sgd` (the PersonViT SGD
-   recipe of configs/finetune.py, warm-up included);
-4. a raw-pixel baseline (32x16 pixels, L2-normalised) on the same query / gallery.
-Prints one table (mAP and rank-1 per init x fraction x seed) and the monitor curve, and writes
-them to WORKDIR/payoff.json and WORKDIR/payoff.md.
+1. the teacher: `--pretrain_config` (default `configs/pretrain.py:synthetic_pool`, whose pool of
+   `--pool_images` new people is generated and built first under WORKDIR/data) with the
+   `--pretrain_set KEY=VALUE` overrides -> WORKDIR/pretrain; or `--pretrained=RUN`, an existing
+   pretraining run (its workdir or one step folder);
+2. fine-tunes with the fine-tuning recipe as it ships (`configs/finetune.py:synthetic`: its
+   epochs, schedule and evaluations) from that teacher and from scratch, at each label fraction
+   of `--fractions` (`data.train_id_fraction`) and each seed of `--seeds`; the seed also draws
+   the identities (`data.subset_seed`), so the two inits of one seed see the same ones;
+3. USL (`configs/usl.py:synthetic`, no labels) from the teacher and from scratch, each seed of
+   `--usl_seeds`;
+4. raw 32x16 pixels on the same query / gallery (the floor a teacher should beat).
+Prints every run and the summary (per fraction: mean +- sample SD of each init, and of the
+paired gain pretrained - scratch over the seeds both have; the issue's target at the smallest
+fraction: gain >= 0.05 and > 2x the larger SD), and writes WORKDIR/payoff.json and payoff.md.
+WORKDIR/payoff_spec.json pins the teacher: a rerun with another is refused, so one table never
+mixes teachers (fractions and seeds can grow).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import statistics
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,22 +39,22 @@ sys.path.insert(0, REPO)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from personvit_jax.config_args import load_config  # noqa: E402
+from personvit_jax.config_args import load_config, load_config_spec  # noqa: E402
 from personvit_jax import datasets  # noqa: E402
-from personvit_jax.data import builders, pipeline  # noqa: E402
+from personvit_jax.data import builders  # noqa: E402
 from personvit_jax.evaluation.retrieval import RetrievalEvaluator  # noqa: E402
 from personvit_jax.inference import Preprocessing  # noqa: E402
 from personvit_jax.synthetic.write import generate_pool  # noqa: E402
 from personvit_jax.training import sharding  # noqa: E402
-from seed_spread import RESULTS, log, run_main  # noqa: E402  (this folder)
+from seed_spread import RESULTS, log, parse_overrides, pin_spec, run_main  # noqa: E402  (here)
 
-VARIANTS = {
-    "layer_decay": {"optim.layer_decay": 0.65},
-    "sgd": "PersonViT",  # the optim block of configs/finetune.py (SGD recipe)
-}
+FINETUNE = "configs/finetune.py:synthetic"
+USL = "configs/usl.py:synthetic"
+INITS = ("scratch", "pretrained")
+GAIN_TARGET = 0.05  # the pretraining issue's target at the smallest fraction
 
 
-# ---------------------------------------------------------------------------- 1. the pool
+# ---------------------------------------------------------------------------- 1. the teacher
 def prepare_pool(workdir: str, num_images: int) -> str:
     folder = os.path.join(workdir, "data", "synthetic_pool_folder")
     data_dir = os.path.join(workdir, "data", "synthetic_pool")
@@ -56,40 +63,55 @@ def prepare_pool(workdir: str, num_images: int) -> str:
     return data_dir
 
 
-# ---------------------------------------------------------------------------- 3. fine-tunes
-def finetune_plan(fractions, seeds, variants, pretrain_dir: str) -> list[dict]:
-    """One dict per fine-tune: name, init, fraction, seed, steps, variant."""
-    smallest = min(f for f, _ in fractions)
+def pretrain(workdir: str, config: str, overrides: dict, pool_images: int,
+             labelled_dir: str) -> str:
+    """Runs (or resumes) the pretraining into WORKDIR/pretrain; returns that run folder."""
+    run_dir = os.path.join(workdir, "pretrain")
+    over = {"data.labelled_data_dir": labelled_dir, "monitor.data_dir": labelled_dir}
+    base = load_config_spec(config)
+    if base.data.name == "unlabeled_folder" and "data.data_dir" not in overrides:
+        over["data.data_dir"] = prepare_pool(workdir, pool_images)
+    elif base.data.name == "synthetic":
+        over["data.data_dir"] = labelled_dir
+    run_main(config, run_dir, dict(over, **overrides), os.path.join(workdir, "logs",
+                                                                    "pretrain.log"))
+    return run_dir
+
+
+def monitor_curve(run_dir: str) -> list[dict]:
+    """The teacher-CLS monitor rows of a pretraining run (its folder or one step folder)."""
+    for folder in (run_dir, os.path.dirname(os.path.dirname(run_dir))):
+        path = os.path.join(folder, "metrics.jsonl")
+        if os.path.isfile(path):
+            with open(path) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            return [{k: r.get(k) for k in ("step", "mAP", "rank1", "effective_rank",
+                                           "top10_same_camera")}
+                    for r in rows if r.get("split") == "monitor"]
+    return []
+
+
+# ---------------------------------------------------------------------------- 2-3. the runs
+def run_plan(fractions: list[float], seeds: list[int], usl_seeds: list[int],
+             teacher: str) -> list[dict]:
+    """One dict per run (name, kind, init, fraction, seed, config, overrides), the smallest
+    fraction first (where pretraining should matter most), USL last."""
     plan = []
-    for fraction, steps in fractions:
-        for seed in (seeds if fraction == smallest else seeds[:1]):
-            for init in ("scratch", "pretrained"):
-                plan.append(dict(init=init, fraction=fraction, seed=seed, steps=steps,
-                                 variant="adamw"))
-    for variant in variants:
-        steps = dict(fractions)[smallest]
-        plan.append(dict(init="pretrained", fraction=smallest, seed=seeds[0], steps=steps,
-                         variant=variant))
-    for p in plan:
-        p["name"] = f"{p['init']}_f{p['fraction']:g}_s{p['seed']}_{p['variant']}"
-        p["init_from"] = pretrain_dir if p["init"] == "pretrained" else ""
+    for fraction in sorted(fractions):
+        for seed in seeds:
+            for init in INITS:
+                over = {"seed": seed, "data.subset_seed": seed,
+                        "data.train_id_fraction": fraction,
+                        "init_from": teacher if init == "pretrained" else ""}
+                plan.append(dict(name=f"finetune/{init}_f{fraction:g}_s{seed}", kind="finetune",
+                                 init=init, fraction=fraction, seed=seed, config=FINETUNE,
+                                 overrides=over))
+    for seed in usl_seeds:
+        for init in INITS:
+            over = {"seed": seed, "init_from": teacher if init == "pretrained" else ""}
+            plan.append(dict(name=f"usl/{init}_s{seed}", kind="usl", init=init, fraction=None,
+                             seed=seed, config=USL, overrides=over))
     return plan
-
-
-def finetune_overrides(p: dict, steps_per_epoch: int, recipe_optim) -> dict:
-    """Config overrides of one fine-tune: `p['steps']` rounded up to whole epochs, a warm-up of
-    a tenth of them, one evaluation at the end."""
-    epochs = max(1, math.ceil(p["steps"] / steps_per_epoch))
-    over = {"init_from": p["init_from"], "seed": p["seed"], "data.subset_seed": p["seed"],
-            "data.train_id_fraction": p["fraction"], "optim.epochs": epochs,
-            "optim.warmup_epochs": max(1, round(epochs / 10)), "eval.every_epochs": 0}
-    if p["variant"] == "sgd":
-        for key in ("name", "base_lr", "momentum", "weight_decay", "weight_decay_bias",
-                    "bias_lr_factor", "warmup_factor", "final_lr_factor"):
-            over[f"optim.{key}"] = recipe_optim[key]
-    elif p["variant"] != "adamw":
-        over.update(VARIANTS[p["variant"]])
-    return over
 
 
 # ---------------------------------------------------------------------------- 4. raw pixels
@@ -109,137 +131,160 @@ def raw_pixel_baseline(splits) -> dict:
 
 
 # ---------------------------------------------------------------------------- the report
-def report(workdir: str, plan: list[dict]) -> dict:
+def mean_sd(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values) if values else float("nan"),
+            "sd": statistics.stdev(values) if len(values) > 1 else float("nan"),
+            "n": len(values)}
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per group (a fine-tune fraction, or USL): each init's mAP mean +- SD and the paired gain
+    (pretrained - scratch) over the seeds both inits finished."""
+    groups = sorted({(r["kind"], r["fraction"]) for r in rows},
+                    key=lambda g: (g[0] != "finetune", g[1] or 0.0))
+    out = []
+    for kind, fraction in groups:
+        by_init = {i: {r["seed"]: r["mAP"] for r in rows
+                       if (r["kind"], r["fraction"], r["init"]) == (kind, fraction, i)}
+                   for i in INITS}
+        paired = sorted(set(by_init["scratch"]) & set(by_init["pretrained"]))
+        gains = [by_init["pretrained"][s] - by_init["scratch"][s] for s in paired]
+        out.append({"kind": kind, "fraction": fraction,
+                    **{i: mean_sd(list(by_init[i].values())) for i in INITS},
+                    "gain": mean_sd(gains), "paired_seeds": paired})
+    return out
+
+
+def target_check(summary: list[dict]) -> dict | None:
+    """The issue's section-3 target on the fine-tune fractions: at the smallest, mean gain >=
+    0.05 and > 2x the larger of the two inits' SDs; pretrained >= scratch at every fraction."""
+    ft = [s for s in summary if s["kind"] == "finetune" and s["gain"]["n"] > 1]
+    if not ft:
+        return None
+    small = ft[0]
+    larger_sd = max(small["scratch"]["sd"], small["pretrained"]["sd"])
+    return {"smallest_fraction": small["fraction"], "gain": small["gain"]["mean"],
+            "larger_sd": larger_sd,
+            "gain_met": small["gain"]["mean"] >= GAIN_TARGET
+            and small["gain"]["mean"] > 2 * larger_sd,
+            "never_worse": all(s["gain"]["mean"] >= 0 for s in ft)}
+
+
+def fmt(s: dict) -> str:
+    return f"{s['mean']:.3f} +- {s['sd']:.3f} (n {s['n']})"
+
+
+def report(workdir: str, plan: list[dict], teacher: str) -> dict:
     rows = []
     for p in plan:
-        path = os.path.join(workdir, "finetune", p["name"], RESULTS)
+        path = os.path.join(workdir, p["name"], RESULTS)
         if os.path.isfile(path):
             with open(path) as f:
                 r = json.load(f)
-            rows.append({**{k: p[k] for k in ("init", "fraction", "seed", "variant", "steps")},
-                         "mAP": r["mAP"], "rank1": r["rank1"], "final_step": r["step"]})
-    curve, entropies = [], []  # monitor rows; train rows with the collapse signals
-    metrics = os.path.join(workdir, "pretrain", "metrics.jsonl")
-    if os.path.isfile(metrics):
-        with open(metrics) as f:
-            for line in f:
-                m = json.loads(line)
-                if m.get("split") == "monitor":
-                    curve.append({k: m.get(k) for k in ("step", "mAP", "rank1", "effective_rank",
-                                                        "top10_same_camera")})
-                elif m.get("split") == "train" and "teacher_mean_entropy" in m:
-                    entropies.append({k: m.get(k) for k in (
-                        "step", "cls_loss", "patch_loss", "teacher_mean_entropy",
-                        "teacher_entropy_of_mean", "teacher_prototypes_used",
-                        "teacher_feature_std", "cls_logit_grad_norm",
-                        "patch_logit_grad_norm")})
+            rows.append({**{k: p[k] for k in ("kind", "init", "fraction", "seed")},
+                         "mAP": r["mAP"], "rank1": r["rank1"], "step": r.get("step")})
+    summary = summarize(rows)
+    target = target_check(summary)
     raw = None
     raw_path = os.path.join(workdir, "raw_pixels.json")
     if os.path.isfile(raw_path):
         with open(raw_path) as f:
             raw = json.load(f)
-    out = {"pretrained": next((p["init_from"] for p in plan if p["init_from"]), ""),
-           "finetunes": rows, "monitor": curve, "collapse": entropies[::10] + entropies[-1:],
-           "raw_pixels": raw}
-    lines = ["| init | label fraction | seed | optimiser | steps | mAP | rank-1 |",
-             "|---|---|---|---|---|---|---|"]
+    curve = monitor_curve(teacher)
+    lines = ["| run | label fraction | seed | steps | mAP | rank-1 |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['init']} | {r['fraction']:g} | {r['seed']} | {r['variant']} | "
-                     f"{r['final_step']} | {r['mAP']:.3f} | {r['rank1']:.3f} |")
+        what = f"{r['kind']} from {r['init']}"
+        frac = "-" if r["fraction"] is None else f"{r['fraction']:g}"
+        lines.append(f"| {what} | {frac} | {r['seed']} | {r['step']} | {r['mAP']:.4f} | "
+                     f"{r['rank1']:.4f} |")
     if raw:
-        lines.append(f"| raw 32x16 pixels | - | - | - | - | {raw['mAP']:.3f} | "
-                     f"{raw['rank1']:.3f} |")
-    lines += ["", "| pretrain step | teacher-CLS mAP | rank-1 | effective rank | "
-              "top-10 same camera |", "|---|---|---|---|---|"]
+        lines.append(f"| raw 32x16 pixels | - | - | - | {raw['mAP']:.4f} | {raw['rank1']:.4f} |")
+    lines += ["", "| run | label fraction | scratch mAP | pretrained mAP | gain (paired) |",
+              "|---|---|---|---|---|"]
+    for s in summary:
+        frac = "-" if s["fraction"] is None else f"{s['fraction']:g}"
+        lines.append(f"| {s['kind']} | {frac} | {fmt(s['scratch'])} | {fmt(s['pretrained'])} | "
+                     f"{fmt(s['gain'])} |")
+    if target:
+        lines += ["", f"Target at fraction {target['smallest_fraction']:g}: gain "
+                      f"{target['gain']:.3f} >= {GAIN_TARGET} and > 2 x {target['larger_sd']:.3f}"
+                      f": {'met' if target['gain_met'] else 'NOT met'}; pretrained >= scratch "
+                      f"at every fraction: {'yes' if target['never_worse'] else 'NO'}"]
+    lines += ["", f"Teacher: {teacher}", "", "| pretrain step | teacher-CLS mAP | rank-1 | "
+              "effective rank | top-10 same camera |", "|---|---|---|---|---|"]
     for c in curve:
         lines.append(f"| {c['step']} | {c['mAP']:.4f} | {c['rank1']:.4f} | "
                      f"{c['effective_rank']:.2f} | {c['top10_same_camera']:.3f} |")
     text = "\n".join(lines)
-    with open(os.path.join(workdir, "payoff.json"), "w") as f:
-        json.dump(out, f, indent=1)
-    with open(os.path.join(workdir, "payoff.md"), "w") as f:
-        f.write(text + "\n")
-    print(text)
+    out = {"teacher": teacher, "runs": rows, "summary": summary, "target": target,
+           "monitor": curve, "raw_pixels": raw}
+    if os.path.isdir(workdir):
+        with open(os.path.join(workdir, "payoff.json"), "w") as f:
+            json.dump(out, f, indent=1)
+        with open(os.path.join(workdir, "payoff.md"), "w") as f:
+            f.write(text + "\n")
+    print(text, flush=True)
     return out
 
 
-def parse_fractions(text: str) -> list[tuple[float, int]]:
+def parse_list(flag: str, text: str, kind) -> list:
     try:
-        pairs = [item.split(":") for item in text.split(",")]
-        out = [(float(f), int(s)) for f, s in pairs]
-    except ValueError as e:
-        raise SystemExit(f"--fractions={text!r}: expected FRACTION:STEPS,... ({e})")
-    if not all(0 < f <= 1 and s > 0 for f, s in out):
-        raise SystemExit(f"--fractions={text!r}: fractions in (0, 1], steps > 0")
-    return out
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{flag}={text!r}: expected a comma-separated list of {kind.__name__}")
+    if kind is float and not all(0 < v <= 1 for v in values):
+        raise SystemExit(f"{flag}={text!r}: fractions in (0, 1]")
+    return values
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
-    p.add_argument("--pool_images", type=int, default=10_000)
-    p.add_argument("--pretrain_epochs", type=int, default=0, help="0 = the config's")
-    p.add_argument("--fractions", default="1.0:500,0.25:300,0.1:200",
-                   help="FRACTION:STEPS of the fine-tunes")
-    p.add_argument("--seeds", default="0,1", help="seeds at the smallest fraction")
-    p.add_argument("--variants", default="layer_decay,sgd",
-                   help=f"pretrained-only optimiser variants at the smallest fraction "
-                        f"({', '.join(VARIANTS)}; '' = none)")
     p.add_argument("--pretrained", default="",
-                   help="fine-tune from this checkpoint (a workdir or a step folder, e.g. of "
-                        "an unfinished step 2) instead of running step 2")
-    p.add_argument("--report", action="store_true", help="only print the table")
+                   help="the teacher: an existing pretraining run (workdir or step folder) "
+                        "instead of step 1")
+    p.add_argument("--pretrain_config", default="configs/pretrain.py:synthetic_pool")
+    p.add_argument("--pretrain_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a pretraining config override (--config.KEY=VALUE), repeatable")
+    p.add_argument("--pool_images", type=int, default=10_000)
+    p.add_argument("--fractions", default="0.1,0.25,1.0", help="label fractions")
+    p.add_argument("--seeds", default="0,1,2", help="fine-tune seeds at every fraction")
+    p.add_argument("--usl_seeds", default="0,1,2", help="USL seeds ('' = no USL runs)")
+    p.add_argument("--report", action="store_true", help="only print the tables")
     a = p.parse_args(argv)
     workdir = os.path.abspath(a.workdir)
-    fractions = parse_fractions(a.fractions)
-    seeds = [int(s) for s in a.seeds.split(",")]
-    variants = [v for v in a.variants.split(",") if v]
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"--variants: unknown {unknown}; expected some of {sorted(VARIANTS)}")
-    pretrain_dir = os.path.join(workdir, "pretrain")
-    init_dir = os.path.abspath(a.pretrained) if a.pretrained else pretrain_dir
-    plan = finetune_plan(fractions, seeds, variants, init_dir)
+    fractions = parse_list("--fractions", a.fractions, float)
+    seeds = parse_list("--seeds", a.seeds, int)
+    usl_seeds = parse_list("--usl_seeds", a.usl_seeds, int)
+    pretrain_over = parse_overrides(a.pretrain_set)
+    if a.pretrained and not os.path.isdir(a.pretrained):
+        raise SystemExit(f"--pretrained={a.pretrained!r}: no such folder")
+    teacher = os.path.abspath(a.pretrained) if a.pretrained else os.path.join(workdir, "pretrain")
+    plan = run_plan(fractions, seeds, usl_seeds, teacher)
     if a.report:
-        report(workdir, plan)
+        report(workdir, plan, teacher)
         return 0
-    os.makedirs(workdir, exist_ok=True)
-    logs = os.path.join(workdir, "logs")
-    os.makedirs(logs, exist_ok=True)
+    os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+    pin_spec(workdir, {"teacher": teacher, "pretrain_config": "" if a.pretrained
+                       else a.pretrain_config, "pretrain_set": pretrain_over,
+                       "pool_images": a.pool_images}, "payoff_spec.json")
 
-    # 1. the pool; the labelled set (built on first use)
-    pool_dir = prepare_pool(workdir, a.pool_images)
     ft_config = load_config("configs/finetune.py", "synthetic")
     labelled_dir = os.path.join(REPO, ft_config.data.data_dir)
     splits = datasets.load_splits("synthetic", labelled_dir, ft_config.data.synthetic.to_dict())
-    batch = ft_config.data.num_ids_per_batch * ft_config.data.num_instances
-
-    # 4. raw pixels (cheap; first, so the table always has it)
-    raw_path = os.path.join(workdir, "raw_pixels.json")
+    raw_path = os.path.join(workdir, "raw_pixels.json")  # cheap; first, so the table has it
     if not os.path.isfile(raw_path):
         with open(raw_path, "w") as f:
             json.dump(raw_pixel_baseline(splits), f)
-
-    # 2. pretraining
-    over = {"data.data_dir": pool_dir, "data.labelled_data_dir": labelled_dir,
-            "monitor.data_dir": labelled_dir}
-    if a.pretrain_epochs:
-        over["optim.epochs"] = a.pretrain_epochs
     if not a.pretrained:
-        run_main("configs/pretrain.py:synthetic_pool", pretrain_dir, over,
-                 os.path.join(logs, "pretrain.log"))
-    report(workdir, plan)
-
-    # 3. fine-tunes, the smallest fraction first (where pretraining should matter most)
-    recipe = load_config("configs/finetune.py", None).optim
-    for p_ in sorted(plan, key=lambda q: (q["fraction"], q["variant"] != "adamw")):
-        subset = pipeline.subset_identities(splits["train"], p_["fraction"], p_["seed"])
-        spe = max(1, len(subset) // batch)
-        over = dict(finetune_overrides(p_, spe, recipe), **{"data.data_dir": labelled_dir})
-        run_main("configs/finetune.py:synthetic", os.path.join(workdir, "finetune", p_["name"]),
-                 over, os.path.join(logs, p_["name"] + ".log"))
-        report(workdir, plan)
+        pretrain(workdir, a.pretrain_config, pretrain_over, a.pool_images, labelled_dir)
+    report(workdir, plan, teacher)
+    for run in plan:
+        over = dict(run["overrides"], **{"data.data_dir": labelled_dir})
+        run_main(run["config"], os.path.join(workdir, run["name"]), over,
+                 os.path.join(workdir, "logs", run["name"].replace("/", "_") + ".log"))
+        report(workdir, plan, teacher)
     return 0
 
 

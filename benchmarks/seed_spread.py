@@ -64,9 +64,9 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def pin_spec(workdir: str, spec: dict) -> None:
-    """Writes WORKDIR/spread.json once; a later call with another spec is refused."""
-    path = os.path.join(workdir, "spread.json")
+def pin_spec(workdir: str, spec: dict, name: str = "spread.json") -> None:
+    """Writes WORKDIR/`name` once; a later call with another spec is refused."""
+    path = os.path.join(workdir, name)
     if os.path.isfile(path):
         with open(path) as f:
             pinned = json.load(f)

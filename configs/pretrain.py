@@ -60,6 +60,9 @@ def get_config(arg=None):
     d.global_scale = (0.4, 1.0)  # area fraction of a global crop
     d.local_size = (128, 64)  # local crop (height, width)
     d.local_scale = (0.05, 0.4)  # area fraction of a local crop
+    # w/h range of every crop box before its resize (DINO / iBOT: 3/4-4/3, near-square boxes
+    # stretched to the person aspect; (3/8, 2/3) keeps a 1:2 person's own aspect)
+    d.crop_ratio = (3 / 4, 4 / 3)
     d.num_local_crops = 8  # local crops per image
     d.color_jitter = ml_collections.ConfigDict(  # DINO: p 0.8, (0.4, 0.4, 0.2, 0.1)
         {"prob": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1,

@@ -191,6 +191,10 @@ def check_pretrain_config(cfg) -> None:
               f"local crops larger than the global crops {tuple(d.global_size)}")
     _check_scale(cfg, "data.global_scale")
     _check_scale(cfg, "data.local_scale")
+    if "crop_ratio" in d:
+        lo, hi = _pair(cfg, "data.crop_ratio", "(min, max)")
+        if not 0 < lo <= hi:
+            _fail("data.crop_ratio", (lo, hi), "expected a w/h range (min, max), 0 < min <= max")
     if d.num_local_crops < 0:
         _fail("data.num_local_crops", d.num_local_crops, "expected >= 0")
     for key in ("data.color_jitter.prob", "data.grayscale_prob", "data.solarize_prob",

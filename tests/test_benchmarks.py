@@ -85,3 +85,51 @@ def test_pretrain_probe_reads_a_runs_signals(pretrain_reference):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert int(cells[1]) > 0 and "(4.159)" in cells[2]  # ln 64
     assert raw.startswith("raw 32x16 pixels on synthetic") and "mAP 0." in raw
+
+
+def _payoff():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import pretrain_payoff
+
+    return pretrain_payoff
+
+
+def test_payoff_plan_pairs_the_inits_on_the_same_identities():
+    payoff = _payoff()
+    plan = payoff.run_plan([1.0, 0.1], [0, 1], [2], "/t")
+    assert [p["fraction"] for p in plan[:4]] == [0.1] * 4  # the smallest fraction first
+    assert [p["kind"] for p in plan[-2:]] == ["usl", "usl"] and len(plan) == 10
+    for p in plan:
+        o = p["overrides"]
+        assert o["init_from"] == ("/t" if p["init"] == "pretrained" else "")
+        if p["kind"] == "finetune":  # the seed also draws the identities of both inits
+            assert o["seed"] == o["data.subset_seed"] == p["seed"]
+    assert len({p["name"] for p in plan}) == len(plan)
+
+
+def test_payoff_summary_pairs_gains_by_seed_and_checks_the_target():
+    payoff = _payoff()
+
+    def rows(fraction, scratch, pretrained):
+        return ([dict(kind="finetune", init="scratch", fraction=fraction, seed=s, mAP=m)
+                 for s, m in enumerate(scratch)]
+                + [dict(kind="finetune", init="pretrained", fraction=fraction, seed=s, mAP=m)
+                   for s, m in enumerate(pretrained)])
+
+    # a clear gain at 10 % (+0.06, SDs 0.01); at 100 % the pretrained seed 2 is missing
+    table = rows(0.1, [0.20, 0.21, 0.22], [0.26, 0.27, 0.28]) + rows(1.0, [0.60, 0.62, 0.64],
+                                                                     [0.61, 0.64])
+    summary = payoff.summarize(table)
+    assert [s["fraction"] for s in summary] == [0.1, 1.0]
+    assert summary[0]["gain"]["mean"] == pytest.approx(0.06)
+    assert summary[1]["paired_seeds"] == [0, 1]  # seed 2 has no pair
+    assert summary[1]["gain"]["mean"] == pytest.approx(0.015)
+    assert summary[1]["scratch"]["n"] == 3 and summary[1]["pretrained"]["n"] == 2
+    target = payoff.target_check(summary)
+    assert target["gain_met"] and target["never_worse"]
+    # the same mean gain with seeds spread wider than half of it: not met
+    noisy = payoff.summarize(rows(0.1, [0.15, 0.21, 0.27], [0.21, 0.27, 0.33]))
+    assert not payoff.target_check(noisy)["gain_met"]
+    # pretrained below scratch at one fraction
+    worse = payoff.summarize(table + rows(0.25, [0.4, 0.41, 0.42], [0.39, 0.40, 0.41]))
+    assert not payoff.target_check(worse)["never_worse"]

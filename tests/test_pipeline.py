@@ -151,3 +151,39 @@ def test_resized_crop_box_falls_back_to_torchvisions_centre_crop():
     assert not ((w == 64) & (h == 128)).any()  # no whole-image view
     assert ((w / h > 0.7) & (w / h < 1.4)).all()  # 3/4 - 4/3, up to rounding to pixels
     assert ((w * h >= 0.39 * 64 * 128) & (w * h <= 64 * 128)).all()
+
+
+def test_crop_ratio_switch_draws_person_aspect_boxes():
+    """data.crop_ratio=(3/8, 2/3) (a 1:2 person's own aspect): boxes keep it, whole images
+    become possible; without the key the views are DINO's 3/4-4/3 boxes."""
+    import ml_collections
+    from PIL import Image
+
+    from personvit_jax.data import augment
+
+    img = Image.fromarray(np.arange(128 * 64 * 3, dtype=np.uint32).reshape(128, 64, 3)
+                          .astype(np.uint8))
+    seen = {}
+    for ratio in (None, (3 / 8, 2 / 3)):
+        cfg = ml_collections.ConfigDict({"color_jitter": {"prob": 0.0}, "grayscale_prob": 0.0})
+        if ratio:
+            cfg.crop_ratio = ratio
+        boxes = []
+        real = augment.resized_crop_box
+
+        def spy(*a, **kw):
+            boxes.append(real(*a, **kw))
+            return boxes[-1]
+
+        augment.resized_crop_box = spy
+        try:
+            rng = np.random.default_rng(0)
+            for _ in range(500):
+                augment.multicrop_view(img, rng, (128, 64), (0.4, 1.0), 0.0, 0.0, cfg)
+        finally:
+            augment.resized_crop_box = real
+        b = np.array(boxes)
+        seen[ratio] = (b[:, 2] - b[:, 0]) / (b[:, 3] - b[:, 1])
+    assert ((seen[None] > 0.7) & (seen[None] < 1.4)).all()
+    person = seen[(3 / 8, 2 / 3)]
+    assert ((person > 0.35) & (person < 0.7)).all() and person.std() > 0.05

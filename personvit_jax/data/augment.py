@@ -145,10 +145,12 @@ def random_resized_crop(img: Image.Image, rng: np.random.Generator, out_hw: Sequ
 def multicrop_view(img: Image.Image, rng: np.random.Generator, out_hw: Sequence[int],
                    scale: Sequence[float], blur_prob: float, solarize_prob: float,
                    cfg) -> tuple[np.ndarray, np.ndarray]:
-    """One DINO view: resized crop -> flip here, on the host, as uint8 [h, w, 3]; its colour
-    jitter (p cfg.color_jitter.prob) -> grayscale -> Gaussian blur -> solarise -> normalise
-    happen in the train step (`color_augment.apply`) from the parameters [P] drawn here."""
-    view = random_resized_crop(img, rng, out_hw, scale)
+    """One DINO view: resized crop (w/h in cfg.crop_ratio; DINO's 3/4-4/3 without it) -> flip
+    here, on the host, as uint8 [h, w, 3]; its colour jitter (p cfg.color_jitter.prob) ->
+    grayscale -> Gaussian blur -> solarise -> normalise happen in the train step
+    (`color_augment.apply`) from the parameters [P] drawn here."""
+    ratio = tuple(cfg.get("crop_ratio", (3 / 4, 4 / 3)))
+    view = random_resized_crop(img, rng, out_hw, scale, ratio)
     if rng.random() < 0.5:
         view = view.transpose(Image.FLIP_LEFT_RIGHT)
     return np.asarray(view), color_augment.draw_params(rng, cfg, blur_prob, solarize_prob)
