@@ -68,6 +68,11 @@ def get_config(arg=None):
         {"prob": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1,
          # not in DINO: std of log per-channel gains (a camera's white balance); 0 = off
          "channel_gain": 0.0})
+    # Not in DINO / iBOT: per view, with probability `prob`, a random camera's sharpness and
+    # noise (down to U(min_resolution, 1) of the size and back, noise sigma U(0, max_noise)
+    # grey levels), so views of one image do not share their sensor cues; 0 = off
+    d.sensor_jitter = ml_collections.ConfigDict(
+        {"prob": 0.0, "min_resolution": 0.5, "max_noise": 8.0})
     d.grayscale_prob = 0.2  # random grayscale
     d.solarize_prob = 0.2  # solarisation of the second global crop
     d.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation, as iBOT/PersonViT pretraining

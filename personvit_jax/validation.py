@@ -201,6 +201,12 @@ def check_pretrain_config(cfg) -> None:
                 "mask.masked_fraction"):
         _check_range(cfg, key, 0.0, 1.0)
     _check_range(cfg, "data.color_jitter.channel_gain", 0.0, 1.0)  # std of a log gain
+    if "sensor_jitter" in d:
+        _check_range(cfg, "data.sensor_jitter.prob", 0.0, 1.0)
+        if not 0.0 < d.sensor_jitter.min_resolution <= 1.0:
+            _fail("data.sensor_jitter.min_resolution", d.sensor_jitter.min_resolution,
+                  "expected a size factor in (0, 1]")
+        _check_range(cfg, "data.sensor_jitter.max_noise", 0.0, 255.0)
     k = cfg.mask
     if not (0 <= k.ratio - k.ratio_var and k.ratio + k.ratio_var < 1):
         _fail("mask.ratio", (k.ratio, k.ratio_var), "ratio +- ratio_var must lie in [0, 1)")

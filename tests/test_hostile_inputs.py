@@ -161,7 +161,8 @@ PRETRAIN_FIELDS = [
     "data.num_local_crops", "data.color_jitter.prob", "data.grayscale_prob",
     "data.solarize_prob", "mask.masked_fraction", "data.color_jitter.channel_gain", "mask.ratio",
     "mask.ratio_var", "mask.start_epoch", "mask.min_block", "optim.clip_mode", "head.out_dim",
-    "head.patch_out_dim", "model.patch_stride"]
+    "head.patch_out_dim", "model.patch_stride", "data.crop_ratio", "data.sensor_jitter.prob",
+    "data.sensor_jitter.min_resolution", "data.sensor_jitter.max_noise"]
 
 
 def _get(cfg, dotted):

@@ -187,3 +187,44 @@ def test_crop_ratio_switch_draws_person_aspect_boxes():
     assert ((seen[None] > 0.7) & (seen[None] < 1.4)).all()
     person = seen[(3 / 8, 2 / 3)]
     assert ((person > 0.35) & (person < 0.7)).all() and person.std() > 0.05
+
+
+def test_sensor_jitter_is_off_by_default_and_changes_sharpness_and_noise_when_on():
+    """data.sensor_jitter (not DINO's): prob 0 leaves every view and every later draw as
+    without the key; prob 1 makes each view its own camera: softer (down and back up) and
+    noisier, reproducibly from the seed."""
+    import ml_collections
+    from PIL import Image
+
+    from personvit_jax.data import augment
+
+    stripes = np.zeros((128, 64, 3), np.uint8)
+    stripes[:, ::2] = 255  # 1-pixel stripes: all energy at the highest frequency
+    img = Image.fromarray(stripes)
+    base = {"color_jitter": {"prob": 0.0}, "grayscale_prob": 0.0}
+
+    def views(sensor, seed=0, n=40):
+        cfg = ml_collections.ConfigDict(dict(base, **({"sensor_jitter": sensor} if sensor
+                                                      else {})))
+        rng = np.random.default_rng(seed)
+        out = [augment.multicrop_view(img, rng, (128, 64), (0.9, 1.0), 0.0, 0.0, cfg)[0]
+               for _ in range(n)]
+        return np.stack(out).astype(np.float32), rng.random()
+
+    plain, next_plain = views(None)
+    off, next_off = views({"prob": 0.0, "min_resolution": 0.5, "max_noise": 8.0})
+    np.testing.assert_array_equal(plain, off)
+    assert next_plain == next_off  # no extra draws when off
+    soft, _ = views({"prob": 1.0, "min_resolution": 0.5, "max_noise": 0.0})
+    contrast = lambda v: np.abs(np.diff(v, axis=2)).mean()  # neighbouring-column steps
+    assert contrast(soft) < 0.8 * contrast(plain)
+    flat = Image.fromarray(np.full((128, 64, 3), 128, np.uint8))
+    cfg = ml_collections.ConfigDict(dict(base, sensor_jitter={
+        "prob": 1.0, "min_resolution": 1.0, "max_noise": 8.0}))
+    noisy = [augment.multicrop_view(flat, np.random.default_rng(s), (128, 64), (0.9, 1.0), 0.0,
+                                    0.0, cfg)[0].astype(np.float32) for s in range(20)]
+    sds = np.array([v.std() for v in noisy])
+    assert sds.max() > 2.0 and (sds < 8.5).all() and len(set(sds.round(3))) > 10
+    again = augment.multicrop_view(flat, np.random.default_rng(3), (128, 64), (0.9, 1.0), 0.0,
+                                   0.0, cfg)[0]
+    np.testing.assert_array_equal(again, noisy[3])

@@ -142,17 +142,37 @@ def random_resized_crop(img: Image.Image, rng: np.random.Generator, out_hw: Sequ
     return img.resize((out_hw[1], out_hw[0]), Image.BICUBIC, box=box)
 
 
+def sensor_jitter(view: Image.Image, rng: np.random.Generator, min_resolution: float,
+                  max_noise: float) -> Image.Image:
+    """A random camera's optics on one view (not in DINO / iBOT): down to a factor r ~
+    U(min_resolution, 1) of its size and back (bilinear), then Gaussian noise of sigma ~
+    U(0, max_noise) grey levels, so the views of one image differ in the sensor cues (sharpness,
+    noise) they would otherwise share."""
+    w, h = view.size
+    r = rng.uniform(min_resolution, 1.0)
+    small = (max(1, round(w * r)), max(1, round(h * r)))
+    view = view.resize(small, Image.BILINEAR).resize((w, h), Image.BILINEAR)
+    sigma = rng.uniform(0.0, max_noise)
+    x = np.asarray(view, np.float32) + rng.normal(0.0, sigma, (h, w, 3)).astype(np.float32)
+    return Image.fromarray(np.clip(x + 0.5, 0, 255).astype(np.uint8))
+
+
 def multicrop_view(img: Image.Image, rng: np.random.Generator, out_hw: Sequence[int],
                    scale: Sequence[float], blur_prob: float, solarize_prob: float,
                    cfg) -> tuple[np.ndarray, np.ndarray]:
     """One DINO view: resized crop (w/h in cfg.crop_ratio; DINO's 3/4-4/3 without it) -> flip
-    here, on the host, as uint8 [h, w, 3]; its colour jitter (p cfg.color_jitter.prob) ->
-    grayscale -> Gaussian blur -> solarise -> normalise happen in the train step
-    (`color_augment.apply`) from the parameters [P] drawn here."""
+    (-> `sensor_jitter`, p cfg.sensor_jitter.prob) here, on the host, as uint8 [h, w, 3]; its
+    colour jitter (p cfg.color_jitter.prob) -> grayscale -> Gaussian blur -> solarise ->
+    normalise happen in the train step (`color_augment.apply`) from the parameters [P] drawn
+    here."""
     ratio = tuple(cfg.get("crop_ratio", (3 / 4, 4 / 3)))
     view = random_resized_crop(img, rng, out_hw, scale, ratio)
     if rng.random() < 0.5:
         view = view.transpose(Image.FLIP_LEFT_RIGHT)
+    sensor = cfg.get("sensor_jitter")
+    # drawn only when on, so the default views are DINO's draw for draw
+    if sensor is not None and sensor.prob > 0 and rng.random() < sensor.prob:
+        view = sensor_jitter(view, rng, sensor.min_resolution, sensor.max_noise)
     return np.asarray(view), color_augment.draw_params(rng, cfg, blur_prob, solarize_prob)
 
 
