@@ -13,7 +13,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_SYNTHETIC, shuffle_train_labels, tiny_usl_config
+from conftest import (LEARN_SYNTHETIC, REPO, TINY_SYNTHETIC, shuffle_train_labels,
+                      tiny_usl_config)
 from personvit_jax import clustering, datasets, losses
 from personvit_jax.config_args import load_config
 from personvit_jax.data import pipeline
@@ -185,6 +186,55 @@ def test_cross_camera_sampler_takes_the_others_from_other_cameras():
             else:
                 assert group[0] not in group[1:]
         np.testing.assert_array_equal(idx.ravel(), s.batch(step))  # deterministic
+
+
+# ---------------------------------------------------------------------------- it learns
+# The learning run: the tiny model from scratch on LEARN_SYNTHETIC in the generator's sanity mode
+# (plain backgrounds, ideal cameras: on the full set a random network's clusters are its cameras
+# and scenes, purity 0.21-0.25, and the same run falls from 0.061 to 0.041 mAP), 6 clusterings x
+# 20 steps, no erasing or drop path. Measured (2026-12-07, 2 cores, ~30 s): the start 0.381
+# mAP, the end 0.784 (cluster purity 0.54 -> 0.75); the same run with the members of every
+# cluster shuffled (same sizes, random images) 0.336. The margins are half the
+# measured gaps: a zero LR, a sign flip or pseudo labels that do not follow the features fail.
+USL_LEARN_RUN = {"optim.epochs": 6, "optim.iters_per_epoch": 20, "eval.every_epochs": 3,
+                 "data.num_ids_per_batch": 8, "cluster.k1": 10, "cluster.k2": 3,
+                 "cluster.min_samples": 3, "cluster.eps": 0.5, "model.drop_path_rate": 0.0,
+                 "data.erasing_prob": 0.0, "log_every_steps": 20, "checkpoint_every_steps": 1000}
+USL_LEARN_GAIN = 0.2  # end - start mAP must exceed this (measured 0.403)
+USL_SHUFFLED_GAP = 0.2  # end - shuffled-clusters mAP must exceed this (measured 0.448)
+
+
+@pytest.fixture(scope="module")
+def sanity_learn_data_dir(tmp_path_factory):
+    from personvit_jax.synthetic import build
+
+    data_dir = str(tmp_path_factory.mktemp("usl_learn_data"))
+    build.prepare(data_dir, dict(LEARN_SYNTHETIC, sanity="all"))
+    return data_dir
+
+
+def _usl_learn_config(data_dir):
+    c = tiny_usl_config(data_dir, **USL_LEARN_RUN)
+    c.data.synthetic = dict(LEARN_SYNTHETIC, style_seed=None, sanity="all")
+    return c
+
+
+def test_usl_learns_on_clean_data_and_shuffled_clusters_do_not(sanity_learn_data_dir, tmp_path,
+                                                                monkeypatch):
+    trained = usl.train(_usl_learn_config(sanity_learn_data_dir), str(tmp_path / "trained"))
+    start = json.loads((tmp_path / "trained" / "eval_results.json").read_text())["start"]
+    assert trained["mAP"] > start["mAP"] + USL_LEARN_GAIN, (start, trained)
+    assert trained["rank1"] > start["rank1"]
+
+    real = usl.pseudo_labels
+
+    def shuffled(*a, **kw):  # the same clusters' sizes, their members drawn at random
+        labels, stats = real(*a, **kw)
+        return np.random.default_rng(0).permutation(labels), stats
+
+    monkeypatch.setattr(usl, "pseudo_labels", shuffled)
+    noise = usl.train(_usl_learn_config(sanity_learn_data_dir), str(tmp_path / "shuffled"))
+    assert noise["mAP"] < trained["mAP"] - USL_SHUFFLED_GAP, (noise, trained)
 
 
 # ---------------------------------------------------------------------------- the stage
