@@ -128,6 +128,9 @@ def get_config(arg=None):
     l.warmup_teacher_patch_temp = 0.04  # patch teacher temperature at epoch 0
     l.warmup_teacher_temp_epochs = 30  # linear teacher-temperature warm-up (both)
     l.center_momentum = 0.9  # EMA momentum of the CLS and patch centres
+    # Not in DINO / iBOT: one centre per camera (needs the images' camera ids: a labelled
+    # train split or the synthetic set), so no target keeps what its camera adds to every image
+    l.camera_centres = False
     l.cls_weight = 1.0  # lambda1: CLS self-distillation
     l.patch_weight = 1.0  # lambda2: masked patch distillation
 

@@ -161,3 +161,22 @@ def update_center(center_1k: jax.Array, teacher_logits: jax.Array, momentum: flo
     k = teacher_logits.shape[-1]
     batch_center = jnp.mean(teacher_logits.astype(jnp.float32).reshape(-1, k), axis=0)
     return center_1k * momentum + batch_center[None] * (1.0 - momentum)
+
+
+# Camera centres (not in DINO / iBOT; `loss.camera_centres`): one centre per camera, so a
+# teacher target loses what its camera adds to every image that camera sees.
+def camera_sums(per_image_bk: jax.Array, camids_b: jax.Array, num_cameras: int
+                ) -> tuple[jax.Array, jax.Array]:
+    """(sums [C, K] of the rows [B, K] of each camera, counts [C]). Sums and counts, not means,
+    so micro-batches and shards add up to the whole batch's."""
+    onehot_bc = jax.nn.one_hot(camids_b, num_cameras, dtype=jnp.float32)
+    return onehot_bc.T @ per_image_bk.astype(jnp.float32), jnp.sum(onehot_bc, axis=0)
+
+
+def update_camera_centres(center_ck: jax.Array, sums_ck: jax.Array, counts_c: jax.Array,
+                          momentum: float) -> jax.Array:
+    """`update_center` per camera: each camera's centre moves towards the mean of its images'
+    teacher outputs in this batch; cameras absent from the batch keep theirs."""
+    mean_ck = sums_ck / jnp.maximum(counts_c, 1e-12)[:, None]
+    return jnp.where(counts_c[:, None] > 0, center_ck * momentum + mean_ck * (1.0 - momentum),
+                     center_ck)

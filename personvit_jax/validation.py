@@ -13,6 +13,7 @@ import time
 from typing import Iterable, Optional
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 from personvit_jax import files
@@ -217,6 +218,19 @@ def check_pretrain_config(cfg) -> None:
     if cfg.head.shared_head and cfg.head.out_dim != cfg.head.patch_out_dim:
         _fail("head.patch_out_dim", cfg.head.patch_out_dim,
               f"a shared head needs patch_out_dim == out_dim ({cfg.head.out_dim})")
+
+
+def check_camera_centres(cfg, images) -> int:
+    """The number of centres: 1, or with loss.camera_centres the cameras of the pretraining
+    images (0-based ids; they must have camera ids)."""
+    if not cfg.loss.get("camera_centres", False):
+        return 1
+    camids = np.asarray(getattr(images, "camids", []))
+    if not getattr(images, "has_camera_ids", False) or not len(camids) or camids.min() < 0:
+        _fail("loss.camera_centres", True, f"the pretraining images of data.name="
+              f"{cfg.data.name!r} have no camera ids (a labelled dataset's train split or the "
+              f"synthetic set has them; folders and unlabeled builds do not): False")
+    return int(camids.max()) + 1
 
 
 def check_pretrain_data(cfg, num_images: int) -> None:

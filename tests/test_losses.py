@@ -162,3 +162,28 @@ def test_collapse_signals_prototypes_used_and_feature_std():
     assert float(feature_std(iso)) == pytest.approx(1 / np.sqrt(d), rel=0.05)
     collapsed = jnp.ones((32, d)) * 3.0 + 1e-4 * jnp.asarray(rng.normal(size=(32, d)))
     assert float(feature_std(collapsed)) < 1e-3
+
+
+def test_camera_centres_follow_each_cameras_mean_and_one_camera_is_dinos_centre():
+    from personvit_jax.losses import camera_sums, update_camera_centres, update_center
+
+    rng = np.random.default_rng(0)
+    offsets = rng.normal(size=(3, 8)) * 5  # what each camera adds to every image's output
+    cams = np.array([0, 0, 1, 1, 1, 2, 0, 1])
+    out = rng.normal(size=(8, 8)) + offsets[cams]
+    centres = jnp.zeros((4, 8))  # camera 3 is absent from the batch
+    for _ in range(200):
+        sums, counts = camera_sums(jnp.asarray(out), jnp.asarray(cams), 4)
+        centres = update_camera_centres(centres, sums, counts, 0.9)
+    for c in range(3):  # each centre converges to its camera's batch mean
+        np.testing.assert_allclose(centres[c], out[cams == c].mean(0), atol=1e-4)
+    assert not np.asarray(centres[3]).any()
+    # the centred outputs carry no camera offset: per-camera means are 0
+    centred = out - np.asarray(centres)[cams]
+    for c in range(3):
+        np.testing.assert_allclose(centred[cams == c].mean(0), 0.0, atol=1e-4)
+    # one camera for all: DINO's centre, update for update
+    c1, c0 = jnp.full((1, 8), 0.3), jnp.full((1, 8), 0.3)
+    sums, counts = camera_sums(jnp.asarray(out), jnp.zeros(8, jnp.int32), 1)
+    np.testing.assert_allclose(update_camera_centres(c1, sums, counts, 0.9),
+                               update_center(c0, jnp.asarray(out), 0.9), rtol=1e-6, atol=1e-6)

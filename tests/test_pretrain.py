@@ -146,3 +146,33 @@ def test_init_from_pretrain_run_continues_with_its_teacher_head(tiny_pt_config, 
                                      "head.out_dim": 32, "head.patch_out_dim": 32}), str(other))
     head = load_state_tree(other)["teacher"]["head"]["last_layer"]
     assert all(np.shape(x)[-1] == 32 for x in jax.tree.leaves(head))  # fresh, 32 prototypes
+
+
+def test_camera_centres_keep_one_centre_per_camera(tiny_pt_config, tmp_path, tiny_splits):
+    """loss.camera_centres: the state holds one CLS and one patch centre per camera of the
+    train split, each moved by its own images (cameras differ); accumulation over 2
+    micro-batches gives the whole batch's centres. Data without camera ids is refused."""
+    runs = {}
+    for accum in (1, 2):  # no drop path: the micro-batches draw no other randomness
+        cfg = tiny_pt_config(**{"loss.camera_centres": True, "optim.epochs": 1,
+                                "optim.accum_steps": accum, "model.drop_path_rate": 0.0,
+                                "mesh.data": 1})
+        pretrain.train(cfg, str(tmp_path / f"a{accum}"))
+        runs[accum] = load_state_tree(tmp_path / f"a{accum}")
+    state = runs[1]
+    num_cameras = int(np.max(tiny_splits["train"].camids)) + 1
+    assert state["center"].shape == (num_cameras, cfg.head.out_dim)
+    assert state["center_patch"].shape == (num_cameras, cfg.head.patch_out_dim)
+    spread = np.ptp(state["center"], axis=0).max()
+    assert spread > 1e-3, spread  # the cameras' centres moved apart
+    assert_trees(runs[2]["center"], state["center"], rtol=1e-4, atol=1e-5)
+
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for i in range(16):
+        tiny_splits["train"].image(i).save(folder / f"{i}.jpg")
+    no_cams = tiny_pt_config(**{"loss.camera_centres": True, "data.name": "folder",
+                                "data.root": str(folder)})
+    with pytest.raises(ValueError, match=r"config.loss.camera_centres=True: the pretraining "
+                                         r"images of data.name='folder' have no camera ids"):
+        pretrain.train(no_cams, str(tmp_path / "nocam"))

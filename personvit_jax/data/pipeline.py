@@ -192,12 +192,14 @@ class PretrainBatchLoader:
     in a permutation drawn from (seed, epoch). Output: global [b, 2, H, W, 3], local
     [b, L, h, w, 3] uint8 (cropped, resized, flipped), their colour parameters global_color
     [b, 2, P], local_color [b, L, P] float32 (applied in the step: `color_augment.apply`), masks
-    [b, 2, N] bool (student global crops; N = patches of a global crop), indices [b] int32.
+    [b, 2, N] bool (student global crops; N = patches of a global crop), indices [b] int32;
+    with `with_camids`, also the images' camera ids camids [b] int32 (loss.camera_centres).
     """
 
     def __init__(self, images: Union[Split, Sequence[str]], aug_cfg, mask_cfg, mask_grid,
-                 batch_size: int, seed: int, local: slice):
+                 batch_size: int, seed: int, local: slice, with_camids: bool = False):
         self.images = images if isinstance(images, Split) else Split.from_paths("train", images)
+        self.with_camids = with_camids
         self.aug_cfg, self.mask_cfg = aug_cfg, mask_cfg
         self.mask_grid, self.batch_size, self.seed, self.local = (
             tuple(mask_grid), batch_size, seed, local)
@@ -221,18 +223,23 @@ class PretrainBatchLoader:
                 image_mask(self.mask_grid, rng, ratio, m.ratio_var if ratio else 0.0,
                            m.masked_fraction, m.min_block, m.min_aspect) for _ in range(2)]))
         batch = {k: np.stack([v[k] for v in views]) for k in views[0]}
-        return dict(batch, masks=np.stack(masks), indices=idx[self.local].astype(np.int32))
+        batch = dict(batch, masks=np.stack(masks), indices=idx[self.local].astype(np.int32))
+        if self.with_camids:
+            batch["camids"] = np.asarray(self.images.camids)[idx[self.local]].astype(np.int32)
+        return batch
 
 
 def pretrain_iterator(images: Union[Split, Sequence[str]], data_cfg, mask_cfg, mask_grid,
                       batch_size: int, num_steps: int, seed: int, process_index: int = 0,
-                      process_count: int = 1) -> grain.IterDataset:
-    """`images`: a Split (e.g. from `unlabeled_images`) or a list of image paths."""
+                      process_count: int = 1, with_camids: bool = False) -> grain.IterDataset:
+    """`images`: a Split (e.g. from `unlabeled_images`) or a list of image paths; `with_camids`:
+    each batch also holds its images' camera ids (a Split with camera ids)."""
     if len(images) < batch_size:
         raise ValueError(f"pretraining needs at least one batch of images: found {len(images)}, "
                          f"batch size {batch_size}")
     local = process_slice(batch_size, process_index, process_count)
-    loader = PretrainBatchLoader(images, data_cfg, mask_cfg, mask_grid, batch_size, seed, local)
+    loader = PretrainBatchLoader(images, data_cfg, mask_cfg, mask_grid, batch_size, seed, local,
+                                 with_camids)
     ds = grain.MapDataset.range(num_steps).map(loader)
     return _iter(ds, data_cfg.num_workers, data_cfg.prefetch)
 

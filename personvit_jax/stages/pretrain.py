@@ -51,9 +51,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info("pretraining on %d images: %d steps/epoch, %d steps; %s global + %d x %s local "
                  "crops", len(images), steps_per_epoch, total_steps, config.data.global_size,
                  config.data.num_local_crops, config.data.local_size)
+    num_centres = validation.check_camera_centres(config, images)  # 1 = DINO's one centre
     data_iter = iter(pipeline.pretrain_iterator(
         images, config.data, config.mask, mask_grid, batch_size, total_steps, config.seed,
-        jax.process_index(), jax.process_count()))
+        jax.process_index(), jax.process_count(),
+        with_camids=bool(config.loss.get("camera_centres", False))))
     monitor = datasets.load_splits(config.monitor.dataset, config.monitor.data_dir,
                                    config.data.synthetic.to_dict())
 
@@ -74,8 +76,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ train state
     # Student, teacher and optimizer state replicated or FSDP-sharded by sharding.STATE_RULES.
-    state, state_sh = sharding.init_sharded(lambda: init_pretrain_state(student, tx, config),
-                                            mesh, config.mesh)
+    state, state_sh = sharding.init_sharded(
+        lambda: init_pretrain_state(student, tx, config, num_centres), mesh, config.mesh)
 
     # ------------------------------------------------------------------ steps
     train_step = sharding.jit_train_step(
@@ -136,16 +138,25 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                        results={"dataset": config.monitor.dataset, "feature": "teacher CLS"})
 
 
-def init_pretrain_state(student, tx, config) -> dict:
-    """{step, student, teacher (= student at start), opt_state, center [1, K],
-    center_patch [1, K], rng}."""
+def init_pretrain_state(student, tx, config, num_centres: int = 1) -> dict:
+    """{step, student, teacher (= student at start), opt_state, center [C, K],
+    center_patch [C, K], rng}; C = 1 (DINO's one centre) or the cameras (loss.camera_centres)."""
     h, w = config.data.global_size
     params = student.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, h, w, 3)))["params"]
     k, kp = config.head.out_dim, config.head.patch_out_dim
     return {"step": jnp.zeros((), jnp.int32), "student": params, "teacher": params,
-            "opt_state": tx.init(params), "center": jnp.zeros((1, k)),
-            "center_patch": jnp.zeros((1, kp)),
+            "opt_state": tx.init(params), "center": jnp.zeros((num_centres, k)),
+            "center_patch": jnp.zeros((num_centres, kp)),
             "rng": jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)}
+
+
+def camera_stats(t_cls_gbk, t_patch_gbnk, camids_b, num_cameras: int) -> dict:
+    """Per camera: the sums [C, K] of its images' mean teacher outputs (over crops; over crops
+    and patches) and its image counts [C], for `losses.update_camera_centres`."""
+    cls_sums, counts = losses.camera_sums(jnp.mean(t_cls_gbk, axis=0), camids_b, num_cameras)
+    patch_sums, _ = losses.camera_sums(jnp.mean(t_patch_gbnk, axis=(0, 2)), camids_b,
+                                       num_cameras)
+    return {"cls_sums": cls_sums, "patch_sums": patch_sums, "camera_counts": counts}
 
 
 def make_optimizer(config, params, batch_size: int, steps_per_epoch: int):
@@ -171,6 +182,7 @@ def make_pretrain_step(student, teacher, tx, schedules, config):
     [B, L, P] (`data.color_augment`, applied here), masks [B, 2, N] (True = masked for the
     student)."""
     l = config.loss
+    camera_centres = bool(l.get("camera_centres", False))
 
     def crop_major(x):  # [B, C, ...] -> [C * B, ...]: crop c of every image is contiguous
         return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
@@ -183,7 +195,7 @@ def make_pretrain_step(student, teacher, tx, schedules, config):
 
         def grad_fn(params, carry, batch, rng):
             """Gradient and metrics of one (micro-)batch, with the teacher's mean outputs [K]
-            over its crops / patches (for the centres)."""
+            over its crops / patches (per camera: sums [C, K] and counts [C]) for the centres."""
             rng_g, rng_l = jax.random.split(rng)
             b, n_local = batch["global"].shape[0], batch["local"].shape[1]
             views = lambda k: crop_major(color_augment.apply(
@@ -192,6 +204,13 @@ def make_pretrain_step(student, teacher, tx, schedules, config):
             t = teacher.apply({"params": state["teacher"]}, globals_)
             t_cls = t["cls_logits"].reshape(2, b, -1)
             t_patch = t["patch_logits"].reshape(2, b, masks.shape[-1], -1)
+            centre, centre_patch = state["center"], state["center_patch"]
+            if camera_centres:  # each image's camera centre, subtracted here
+                cams = batch["camids"]
+                cam_stats = camera_stats(t_cls, t_patch, cams, centre.shape[0])
+                t_cls = t_cls - centre[cams][None]
+                t_patch = t_patch - centre_patch[cams][None, :, None]
+                centre, centre_patch = jnp.zeros_like(centre[:1]), jnp.zeros_like(centre_patch[:1])
 
             def loss_fn(params):
                 sg = student.apply({"params": params}, globals_, mask_bn=masks, train=True,
@@ -206,11 +225,10 @@ def make_pretrain_step(student, teacher, tx, schedules, config):
                 loss = l.cls_weight * cls_term(s_cls) + l.patch_weight * patch_term(s_patch)
                 return loss, ({"loss": loss}, (s_cls, s_patch))
 
-            cls_term = lambda s: losses.cls_distillation(s, t_cls, state["center"],
-                                                         l.student_temp, t_temp)
+            cls_term = lambda s: losses.cls_distillation(s, t_cls, centre, l.student_temp,
+                                                         t_temp)
             patch_term = lambda s: losses.masked_patch_distillation(
-                s, t_patch, masks.reshape(2, b, -1), state["center_patch"], l.student_temp,
-                tp_temp)
+                s, t_patch, masks.reshape(2, b, -1), centre_patch, l.student_temp, tp_temp)
             grads, (metrics, (s_cls, s_patch)) = jax.grad(loss_fn, has_aux=True)(params)
             # Each loss's gradient at the student's logits (the head's output): which branch
             # drives the shared head and backbone (a few small extra passes over [V, B, K]).
@@ -218,16 +236,19 @@ def make_pretrain_step(student, teacher, tx, schedules, config):
             patch_loss, patch_dlogits = jax.value_and_grad(patch_term)(
                 jax.lax.stop_gradient(s_patch))
             mean_k = lambda x: jnp.mean(x.astype(jnp.float32).reshape(-1, x.shape[-1]), axis=0)
-            collapse = losses.teacher_entropies(t_cls, state["center"], t_temp)
+            collapse = losses.teacher_entropies(t_cls, centre, t_temp)
             metrics.update(cls_loss=cls_loss, patch_loss=patch_loss,
                            cls_logit_grad_norm=l.cls_weight * jnp.linalg.norm(cls_dlogits),
                            patch_logit_grad_norm=l.patch_weight * jnp.linalg.norm(patch_dlogits),
                            masked_fraction=jnp.mean(masks.astype(jnp.float32)),
                            teacher_entropy_of_mean=collapse["entropy_of_mean"],
                            teacher_mean_entropy=collapse["mean_entropy"],
-                           teacher_prototypes_used=losses.prototypes_used(t_cls, state["center"]),
-                           teacher_feature_std=losses.feature_std(t["cls_feat"]),
-                           teacher_cls_mean=mean_k(t_cls), teacher_patch_mean=mean_k(t_patch))
+                           teacher_prototypes_used=losses.prototypes_used(t_cls, centre),
+                           teacher_feature_std=losses.feature_std(t["cls_feat"]))
+            if camera_centres:
+                metrics.update(cam_stats)
+            else:
+                metrics.update(teacher_cls_mean=mean_k(t_cls), teacher_patch_mean=mean_k(t_patch))
             return grads, carry, metrics
 
         # accum_steps > 1: micro-batches of every A-th image. Every loss term is a mean over
@@ -236,18 +257,28 @@ def make_pretrain_step(student, teacher, tx, schedules, config):
         grads, _, metrics = optim.accumulate_gradients(
             grad_fn, state["student"], None, batch, jax.random.fold_in(state["rng"], step),
             accum_steps)
-        t_cls_mean, t_patch_mean = metrics.pop("teacher_cls_mean"), metrics.pop("teacher_patch_mean")
+        if camera_centres:  # averaged over micro-batches, sums / counts stay the means
+            centres = {"center": losses.update_camera_centres(
+                           state["center"], metrics.pop("cls_sums"), metrics["camera_counts"],
+                           l.center_momentum),
+                       "center_patch": losses.update_camera_centres(
+                           state["center_patch"], metrics.pop("patch_sums"),
+                           metrics.pop("camera_counts"), l.center_momentum)}
+        else:
+            centres = {"center": losses.update_center(
+                           state["center"], metrics.pop("teacher_cls_mean")[None],
+                           l.center_momentum),
+                       "center_patch": losses.update_center(
+                           state["center_patch"], metrics.pop("teacher_patch_mean")[None],
+                           l.center_momentum)}
         # Clipping, AdamW and the frozen last layer of the first epoch(s): all in `tx`.
         updates, opt_state = tx.update(grads, state["opt_state"], state["student"])
         params = jax.tree.map(jnp.add, state["student"], updates)
         m = schedules["ema_momentum"](step)
         teacher_params = jax.tree.map(lambda tp, sp: m * tp + (1.0 - m) * sp,
                                       state["teacher"], params)
-        new_state = dict(
-            state, step=step + 1, student=params, teacher=teacher_params, opt_state=opt_state,
-            center=losses.update_center(state["center"], t_cls_mean[None], l.center_momentum),
-            center_patch=losses.update_center(state["center_patch"], t_patch_mean[None],
-                                              l.center_momentum))
+        new_state = dict(state, step=step + 1, student=params, teacher=teacher_params,
+                         opt_state=opt_state, **centres)
         metrics.update(lr=schedules["lr"](step), weight_decay=schedules["weight_decay"](step),
                        ema_momentum=m, teacher_temp=t_temp, teacher_patch_temp=tp_temp,
                        grad_norm=optax.tree.norm(grads))
