@@ -73,6 +73,10 @@ def get_config(arg=None):
     # grey levels), so views of one image do not share their sensor cues; 0 = off
     d.sensor_jitter = ml_collections.ConfigDict(
         {"prob": 0.0, "min_resolution": 0.5, "max_noise": 8.0})
+    # Not in DINO / iBOT: per view, with probability `prob`, the image's left and right
+    # `margin` x width columns (a detector box centres its person: mostly background) come
+    # from another image of the set, so views of one image do not share that background; 0 = off
+    d.background_swap = ml_collections.ConfigDict({"prob": 0.0, "margin": 0.25})
     d.grayscale_prob = 0.2  # random grayscale
     d.solarize_prob = 0.2  # solarisation of the second global crop
     d.mean = (0.485, 0.456, 0.406)  # ImageNet normalisation, as iBOT/PersonViT pretraining

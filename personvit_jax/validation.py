@@ -208,6 +208,11 @@ def check_pretrain_config(cfg) -> None:
             _fail("data.sensor_jitter.min_resolution", d.sensor_jitter.min_resolution,
                   "expected a size factor in (0, 1]")
         _check_range(cfg, "data.sensor_jitter.max_noise", 0.0, 255.0)
+    if "background_swap" in d:
+        _check_range(cfg, "data.background_swap.prob", 0.0, 1.0)
+        if not 0.0 <= d.background_swap.margin < 0.5:
+            _fail("data.background_swap.margin", d.background_swap.margin,
+                  "expected a fraction of the width per side in [0, 0.5)")
     k = cfg.mask
     if not (0 <= k.ratio - k.ratio_var and k.ratio + k.ratio_var < 1):
         _fail("mask.ratio", (k.ratio, k.ratio_var), "ratio +- ratio_var must lie in [0, 1)")

@@ -162,7 +162,8 @@ PRETRAIN_FIELDS = [
     "data.solarize_prob", "mask.masked_fraction", "data.color_jitter.channel_gain", "mask.ratio",
     "mask.ratio_var", "mask.start_epoch", "mask.min_block", "optim.clip_mode", "head.out_dim",
     "head.patch_out_dim", "model.patch_stride", "data.crop_ratio", "data.sensor_jitter.prob",
-    "data.sensor_jitter.min_resolution", "data.sensor_jitter.max_noise"]
+    "data.sensor_jitter.min_resolution", "data.sensor_jitter.max_noise",
+    "data.background_swap.prob", "data.background_swap.margin"]
 
 
 def _get(cfg, dotted):

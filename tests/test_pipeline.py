@@ -189,6 +189,52 @@ def test_crop_ratio_switch_draws_person_aspect_boxes():
     assert ((person > 0.35) & (person < 0.7)).all() and person.std() > 0.05
 
 
+def test_background_swap_is_off_by_default_and_replaces_only_the_margins():
+    """data.background_swap (not DINO's): prob 0 leaves every view and every later draw as
+    without the key; prob 1 takes each view's side margins from a donor image it draws, the
+    centre stays the image's own; a resumed draw repeats the same view."""
+    import ml_collections
+    from PIL import Image
+
+    from personvit_jax.data import augment
+
+    img = Image.fromarray(np.full((128, 64, 3), 200, np.uint8))
+    donors = [Image.fromarray(np.full((64, 32, 3), 10 * k, np.uint8)) for k in range(5)]
+    picked = []
+
+    def donor(rng):
+        picked.append(int(rng.integers(len(donors))))
+        return donors[picked[-1]]
+
+    base = {"color_jitter": {"prob": 0.0}, "grayscale_prob": 0.0, "crop_ratio": (0.5, 0.5)}
+
+    def views(swap, seed=0, n=20):
+        cfg = ml_collections.ConfigDict(dict(base, **({"background_swap": swap} if swap
+                                                      else {})))
+        rng = np.random.default_rng(seed)
+        out = [augment.multicrop_view(img, rng, (128, 64), (1.0, 1.0), 0.0, 0.0, cfg, donor)[0]
+               for _ in range(n)]
+        return np.stack(out), rng.random()
+
+    plain, next_plain = views(None)
+    off, next_off = views({"prob": 0.0, "margin": 0.25})
+    np.testing.assert_array_equal(plain, off)
+    assert next_plain == next_off and not picked  # no donor, no extra draws when off
+    on, _ = views({"prob": 1.0, "margin": 0.25})
+    assert len(picked) == 20 and len(set(picked)) > 1
+    # whole-image boxes (scale 1, the image's own aspect): columns 0-15 and 48-63 are the
+    # donor's, 16-47 the image's; one column either side of each seam is interpolated
+    np.testing.assert_array_equal(on[:, :, 18:46], 200)
+    for v, k in zip(on, picked):
+        assert np.all(v[:, :14] == 10 * k) and np.all(v[:, 50:] == 10 * k), k
+    again, _ = views({"prob": 1.0, "margin": 0.25})
+    np.testing.assert_array_equal(again, on)
+    with pytest.raises(ValueError, match="background_swap is on but"):
+        augment.multicrop_view(img, np.random.default_rng(0), (128, 64), (1.0, 1.0), 0.0, 0.0,
+                               ml_collections.ConfigDict(dict(base, background_swap={
+                                   "prob": 1.0, "margin": 0.25})))
+
+
 def test_sensor_jitter_is_off_by_default_and_changes_sharpness_and_noise_when_on():
     """data.sensor_jitter (not DINO's): prob 0 leaves every view and every later draw as
     without the key; prob 1 makes each view its own camera: softer (down and back up) and

@@ -54,6 +54,21 @@ def test_pretrain_batches_deterministic_and_process_independent(tiny_splits):
     assert len(set(seen)) == len(seen) == spe * 8
 
 
+def test_background_swap_batches_are_deterministic_and_process_independent(tiny_splits):
+    """data.background_swap on: the loader gives each view a donor image of the set, drawn
+    from the view's own generator, so the batch is the same however it is split."""
+    images = tiny_splits["train"]
+    swap = _aug(background_swap={"prob": 1.0, "margin": 0.25})
+    make = lambda aug, p=0, n=1: pipeline.PretrainBatchLoader(
+        images, aug, MASK, (8, 4), 8, 0, pipeline.process_slice(8, p, n))(1)
+    on, off = make(swap), make(_aug())
+    halves = [make(swap, p, 2) for p in range(2)]
+    for k in ("global", "local"):
+        np.testing.assert_array_equal(on[k], np.concatenate([halves[0][k], halves[1][k]]))
+        assert (on[k] != off[k]).any()
+    np.testing.assert_array_equal(on["indices"], off["indices"])
+
+
 def test_no_masks_before_mask_start_epoch(tiny_splits):
     """iBOT's pred_start_epoch: every student crop unmasked in the epochs before it."""
     mask = ml_collections.ConfigDict(dict(MASK, start_epoch=1, masked_fraction=1.0))

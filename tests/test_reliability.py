@@ -345,6 +345,8 @@ def test_finetune_config_errors(override, match, tiny_data_dir, tmp_path):
     ({"data.crop_ratio": (0.7, 0.5)}, r"data.crop_ratio=\(0.7, 0.5\): expected a w/h range"),
     ({"data.sensor_jitter.min_resolution": 0.0},
      r"data.sensor_jitter.min_resolution=0.0: expected a size factor in \(0, 1\]"),
+    ({"data.background_swap.margin": 0.5},
+     r"data.background_swap.margin=0.5: expected a fraction of the width per side"),
     ({"head.patch_out_dim": 32}, r"a shared head needs patch_out_dim == out_dim \(64\)"),
     ({"data.batch_size": 4096}, r"data.batch_size=4096: larger than the \d+ pretraining images"),
     ({"mask.ratio": 0.9}, r"mask.ratio=\(0.9, 0.2\)"),

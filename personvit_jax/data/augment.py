@@ -9,7 +9,7 @@ the number of processes or workers, and a resumed run repeats the exact batches.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance
@@ -157,14 +157,36 @@ def sensor_jitter(view: Image.Image, rng: np.random.Generator, min_resolution: f
     return Image.fromarray(np.clip(x + 0.5, 0, 255).astype(np.uint8))
 
 
+def swap_margins(img: Image.Image, donor: Image.Image, margin: float) -> Image.Image:
+    """`img` with its left and right `margin` x width columns taken from `donor` (resized to
+    img's size): a detector box centres its person, so the sides are mostly background, and
+    the views of one image stop sharing that background."""
+    w, h = img.size
+    m = int(round(margin * w))
+    if m == 0:
+        return img
+    x = np.array(img.convert("RGB"))
+    d = np.asarray(donor.convert("RGB").resize((w, h), Image.BILINEAR))
+    x[:, :m], x[:, w - m:] = d[:, :m], d[:, w - m:]
+    return Image.fromarray(x)
+
+
 def multicrop_view(img: Image.Image, rng: np.random.Generator, out_hw: Sequence[int],
                    scale: Sequence[float], blur_prob: float, solarize_prob: float,
-                   cfg) -> tuple[np.ndarray, np.ndarray]:
-    """One DINO view: resized crop (w/h in cfg.crop_ratio; DINO's 3/4-4/3 without it) -> flip
-    (-> `sensor_jitter`, p cfg.sensor_jitter.prob) here, on the host, as uint8 [h, w, 3]; its
+                   cfg, donor: Optional[Callable[[np.random.Generator], Image.Image]] = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """One DINO view: (-> `swap_margins` with a `donor(rng)` image, p cfg.background_swap.prob)
+    -> resized crop (w/h in cfg.crop_ratio; DINO's 3/4-4/3 without it) -> flip (->
+    `sensor_jitter`, p cfg.sensor_jitter.prob) here, on the host, as uint8 [h, w, 3]; its
     colour jitter (p cfg.color_jitter.prob) -> grayscale -> Gaussian blur -> solarise ->
     normalise happen in the train step (`color_augment.apply`) from the parameters [P] drawn
     here."""
+    swap = cfg.get("background_swap")
+    # drawn only when on, so the default views are DINO's draw for draw
+    if swap is not None and swap.prob > 0 and rng.random() < swap.prob:
+        if donor is None:
+            raise ValueError("data.background_swap is on but this caller gives no donor images")
+        img = swap_margins(img, donor(rng), swap.margin)
     ratio = tuple(cfg.get("crop_ratio", (3 / 4, 4 / 3)))
     view = random_resized_crop(img, rng, out_hw, scale, ratio)
     if rng.random() < 0.5:
@@ -176,13 +198,17 @@ def multicrop_view(img: Image.Image, rng: np.random.Generator, out_hw: Sequence[
     return np.asarray(view), color_augment.draw_params(rng, cfg, blur_prob, solarize_prob)
 
 
-def multicrop(img: Image.Image, rng: np.random.Generator, cfg) -> dict[str, np.ndarray]:
+def multicrop(img: Image.Image, rng: np.random.Generator, cfg,
+              donor: Optional[Callable[[np.random.Generator], Image.Image]] = None
+              ) -> dict[str, np.ndarray]:
     """{global: uint8 [2, H, W, 3], local: uint8 [L, h, w, 3], global_color [2, P], local_color
     [L, P] float32}; blur p 1.0 / 0.1 on the two global views and 0.5 on locals, solarisation
-    p 0.2 on the second global view (BYOL/DINO asymmetry)."""
-    g = [multicrop_view(img, rng, cfg.global_size, cfg.global_scale, 1.0, 0.0, cfg),
-         multicrop_view(img, rng, cfg.global_size, cfg.global_scale, 0.1, cfg.solarize_prob, cfg)]
-    loc = [multicrop_view(img, rng, cfg.local_size, cfg.local_scale, 0.5, 0.0, cfg)
+    p 0.2 on the second global view (BYOL/DINO asymmetry). `donor(rng)`: another image of the
+    set, for cfg.background_swap (each view draws its own)."""
+    g = [multicrop_view(img, rng, cfg.global_size, cfg.global_scale, 1.0, 0.0, cfg, donor),
+         multicrop_view(img, rng, cfg.global_size, cfg.global_scale, 0.1, cfg.solarize_prob,
+                        cfg, donor)]
+    loc = [multicrop_view(img, rng, cfg.local_size, cfg.local_scale, 0.5, 0.0, cfg, donor)
            for _ in range(cfg.num_local_crops)]
     return {**_stack_views(g, "global", cfg.global_size),
             **_stack_views(loc, "local", cfg.local_size)}

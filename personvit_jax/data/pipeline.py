@@ -205,6 +205,10 @@ class PretrainBatchLoader:
             tuple(mask_grid), batch_size, seed, local)
         self.steps_per_epoch = len(self.images) // batch_size
 
+    def donor(self, rng: np.random.Generator):
+        """Any image of the set, drawn from `rng` (data.background_swap's other image)."""
+        return self.images.image(int(rng.integers(len(self.images))))
+
     def batch_indices(self, step: int) -> np.ndarray:
         epoch, pos = divmod(step, self.steps_per_epoch)
         perm = np.random.default_rng([self.seed, epoch, 2]).permutation(len(self.images))
@@ -218,7 +222,8 @@ class PretrainBatchLoader:
         views, masks = [], []
         for pos in np.arange(len(idx))[self.local]:
             rng = np.random.default_rng([self.seed, step, pos, 3])
-            views.append(augment.multicrop(self.images.image(idx[pos]), rng, self.aug_cfg))
+            views.append(augment.multicrop(self.images.image(idx[pos]), rng, self.aug_cfg,
+                                           self.donor))
             masks.append(np.stack([  # one ratio draw per crop, as iBOT's get_pred_ratio
                 image_mask(self.mask_grid, rng, ratio, m.ratio_var if ratio else 0.0,
                            m.masked_fraction, m.min_block, m.min_aspect) for _ in range(2)]))
