@@ -5,6 +5,13 @@ several seeds, one `python -m personvit_jax.main` per seed, and reports mean +- 
       --workdir=runs/spread/quickstart --seeds=0,1,2,3,4
   python benchmarks/seed_spread.py ... --set=optim.base_lr=5e-4 --set=optim.clip_grad=1.0
   python benchmarks/seed_spread.py --workdir=runs/spread/quickstart --report
+  python benchmarks/seed_spread.py --config=configs/usl.py:synthetic,uda \
+      --workdir=runs/spread/uda --seeds=0,1,2 --init_from_spread=runs/spread/quickstart
+
+With --init_from_spread=DIR, seed n starts from DIR/seed_<n> (`--config.init_from`): each seed
+of a second stage (UDA after a fine-tune) continues its own seed of the first, so the spread
+covers both stages. Where the run writes start_eval.json (usl / uda: the starting model on the
+target), its mAP and rank-1 go into the line too (start_mAP, start_rank1).
 
 Resumable: each seed trains in WORKDIR/seed_<n> (a rerun resumes an interrupted one) and, once
 finished, appends one JSON line to WORKDIR/seeds.jsonl (seed, mAP, rank-1, mINP, their bootstrap
@@ -29,6 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 RESULTS = "eval_results.json"
+START = "start_eval.json"  # usl / uda: the evaluation of the starting model
 METRICS = ("mAP", "rank1", "mINP")
 
 
@@ -88,7 +96,7 @@ def read_lines(path: str) -> list[dict]:
 def summarize(rows: list[dict]) -> dict:
     """{metric: {mean, sd, min, max, n}} over the rows (sample SD, n - 1)."""
     out = {}
-    for m in METRICS + ("wall_s",):
+    for m in ("start_mAP", "start_rank1") + METRICS + ("wall_s",):
         values = [r[m] for r in rows if r.get(m) is not None]
         if values:
             out[m] = {"mean": statistics.fmean(values),
@@ -102,7 +110,8 @@ def report(workdir: str, emit_json: bool = True) -> dict:
     rows = read_lines(os.path.join(workdir, "seeds.jsonl"))
     for r in rows:
         ci = r.get("mAP_ci95") or [float("nan")] * 2
-        log(f"seed {r['seed']}: mAP {r['mAP']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]  rank-1 "
+        start = f"start mAP {r['start_mAP']:.4f} -> " if "start_mAP" in r else ""
+        log(f"seed {r['seed']}: {start}mAP {r['mAP']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]  rank-1 "
             f"{r['rank1']:.4f}  mINP {r['mINP']:.4f}  {r['wall_s']:.0f} s")
     summary = summarize(rows)
     for m, s in summary.items():
@@ -111,6 +120,28 @@ def report(workdir: str, emit_json: bool = True) -> dict:
     if emit_json:
         print(json.dumps({"workdir": workdir, "seeds": [r["seed"] for r in rows], **summary}))
     return summary
+
+
+def init_dirs(spread_dir: str, seeds: list[int]) -> dict[int, str]:
+    """{seed: DIR/seed_<seed>} for --init_from_spread; every one must be a finished run."""
+    out = {}
+    for seed in seeds:
+        run = os.path.abspath(os.path.join(spread_dir, f"seed_{seed}"))
+        if not os.path.isfile(os.path.join(run, RESULTS)):
+            raise SystemExit(f"--init_from_spread={spread_dir}: {run} holds no finished run "
+                             f"({RESULTS} missing); run that seed of the first stage first")
+        out[seed] = run
+    return out
+
+
+def start_metrics(run_dir: str) -> dict:
+    """{'start_mAP', 'start_rank1'} from RUN/start_eval.json, or {} where there is none."""
+    path = os.path.join(run_dir, START)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        start = json.load(f)
+    return {"start_mAP": start["mAP"], "start_rank1": start["rank1"]}
 
 
 def build_data(config_spec: str, overrides: dict) -> None:
@@ -147,6 +178,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every seed (--config.KEY=VALUE), repeatable")
+    p.add_argument("--init_from_spread", default="", metavar="DIR",
+                   help="seed n starts from DIR/seed_<n> (a finished seed_spread of a first stage)")
     p.add_argument("--report", action="store_true", help="only print what seeds.jsonl holds")
     a = p.parse_args(argv)
     workdir = os.path.abspath(a.workdir)
@@ -160,8 +193,14 @@ def main(argv=None) -> int:
     overrides = parse_overrides(a.set)
     if "seed" in overrides:
         raise SystemExit("--set=seed=...: the seeds come from --seeds")
+    if "init_from" in overrides and a.init_from_spread:
+        raise SystemExit("--set=init_from=... and --init_from_spread: give one of them")
+    inits = init_dirs(a.init_from_spread, seeds) if a.init_from_spread else {}
     os.makedirs(workdir, exist_ok=True)
-    pin_spec(workdir, {"config": a.config, "overrides": overrides})
+    spec = {"config": a.config, "overrides": overrides}
+    if a.init_from_spread:
+        spec["init_from_spread"] = os.path.abspath(a.init_from_spread)
+    pin_spec(workdir, spec)
     lines = os.path.join(workdir, "seeds.jsonl")
     build_data(a.config, overrides)
     for seed in seeds:
@@ -169,9 +208,12 @@ def main(argv=None) -> int:
             continue
         run_dir = os.path.join(workdir, f"seed_{seed}")
         start = time.time()
-        result = run_main(a.config, run_dir, dict(overrides, seed=seed),
+        seed_overrides = dict(overrides, seed=seed)
+        if seed in inits:
+            seed_overrides["init_from"] = inits[seed]
+        result = run_main(a.config, run_dir, seed_overrides,
                           os.path.join(workdir, f"seed_{seed}.log"))
-        row = {"seed": seed, **{m: result[m] for m in METRICS},
+        row = {"seed": seed, **start_metrics(run_dir), **{m: result[m] for m in METRICS},
                **{k: result[k] for k in ("mAP_ci95", "rank1_ci95") if k in result},
                "wall_s": time.time() - start, "step": result.get("step")}
         with open(lines, "a") as f:

@@ -74,6 +74,25 @@ def test_seed_spread_runs_each_seed_once_and_pins_its_command(tiny_data_dir, tmp
                          capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.returncode != 0 and "spread.json holds the runs of" in out.stderr
 
+    # a second stage: seed n of uda starts from seed n of the fine-tune spread
+    uda = {k: v for k, v in tiny.items() if k != "optim.epochs"}
+    uda.update({"data.num_ids_per_batch": 2, "cluster.k1": 6, "cluster.k2": 2,
+                "cluster.min_samples": 2, "cluster.eps": 0.7, "optim.epochs": 1,
+                "optim.iters_per_epoch": 2})
+    sets = [f"--set={k}={v}" for k, v in uda.items()]
+    args = ["--config=configs/usl.py:synthetic,uda", f"--workdir={tmp_path / 'uda'}"]
+    out = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "seed_spread.py"),
+                          *args, "--seeds=0,5", f"--init_from_spread={work}", *sets],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert out.returncode != 0 and "seed_5 holds no finished run" in out.stderr
+    assert not (tmp_path / "uda").exists()  # refused before anything was written
+    (summary,) = _run("seed_spread.py", *args, "--seeds=1", f"--init_from_spread={work}", *sets)
+    (row,) = [json.loads(l) for l in open(tmp_path / "uda" / "seeds.jsonl")]
+    start = json.load(open(tmp_path / "uda" / "seed_1" / "start_eval.json"))
+    assert row["start_mAP"] == start["mAP"] and summary["start_mAP"]["n"] == 1
+    result = json.load(open(tmp_path / "uda" / "seed_1" / "eval_results.json"))
+    assert result["init_from"] == os.path.join(work, "seed_1")
+
 
 def test_pretrain_probe_reads_a_runs_signals(pretrain_reference):
     out = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "pretrain_probe.py"),
