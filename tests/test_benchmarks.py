@@ -94,7 +94,7 @@ def test_seed_spread_runs_each_seed_once_and_pins_its_command(tiny_data_dir, tmp
     assert result["init_from"] == os.path.join(work, "seed_1")
 
 
-def test_pretrain_probe_reads_a_runs_signals(pretrain_reference):
+def test_pretrain_probe_reads_a_runs_signals(pretrain_reference, tmp_path):
     out = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "pretrain_probe.py"),
                           str(pretrain_reference)], capture_output=True, text=True, cwd=REPO,
                          timeout=600)
@@ -104,6 +104,12 @@ def test_pretrain_probe_reads_a_runs_signals(pretrain_reference):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert int(cells[1]) > 0 and "(4.159)" in cells[2]  # ln 64
     assert raw.startswith("raw 32x16 pixels on synthetic") and "mAP 0." in raw
+    log = tmp_path / "run.out"  # a shell glob's stray log file
+    log.write_text("log\n")
+    out = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "pretrain_probe.py"),
+                          str(pretrain_reference), str(log)], capture_output=True, text=True,
+                         cwd=REPO, timeout=600)
+    assert out.returncode != 0 and f"{log}: not a run's workdir" in out.stderr
 
 
 def _payoff():
