@@ -76,7 +76,9 @@ def test_seed_spread_runs_each_seed_once_and_pins_its_command(tiny_data_dir, tmp
 
     # a second stage: seed n of uda starts from seed n of the fine-tune spread
     uda = {k: v for k, v in tiny.items() if k != "optim.epochs"}
-    uda.update({"data.num_ids_per_batch": 2, "cluster.k1": 6, "cluster.k2": 2,
+    # its target domain is another build: its own data dir keeps the shared tiny one as it is
+    uda.update({"data.data_dir": str(tmp_path / "uda_data"), "data.num_ids_per_batch": 2,
+                "cluster.k1": 6, "cluster.k2": 2,
                 "cluster.min_samples": 2, "cluster.eps": 0.7, "optim.epochs": 1,
                 "optim.iters_per_epoch": 2})
     sets = [f"--set={k}={v}" for k, v in uda.items()]
@@ -92,6 +94,7 @@ def test_seed_spread_runs_each_seed_once_and_pins_its_command(tiny_data_dir, tmp
     assert row["start_mAP"] == start["mAP"] and summary["start_mAP"]["n"] == 1
     result = json.load(open(tmp_path / "uda" / "seed_1" / "eval_results.json"))
     assert result["init_from"] == os.path.join(work, "seed_1")
+    assert len(os.listdir(os.path.join(tiny_data_dir, "synthetic"))) == 1
 
 
 def test_pretrain_probe_reads_a_runs_signals(pretrain_reference, tmp_path):
