@@ -55,9 +55,10 @@ def at_fractions(train: dict, key: str, fractions=(0.25, 0.5, 0.75)) -> str:
 
 def probe_row(workdir: str) -> tuple[dict, dict]:
     """(the row's fields, the run's config) of one pretrain workdir."""
-    if not os.path.isfile(os.path.join(workdir, "config.json")):  # e.g. a run's .out log
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):  # e.g. a run's .out log
         raise SystemExit(f"{workdir}: not a run's workdir (it holds no config.json)")
-    with open(os.path.join(workdir, "config.json")) as f:
+    with open(path) as f:
         config = json.load(f)
     if config.get("stage") != "pretrain":
         raise SystemExit(f"{workdir}: config.json has stage={config.get('stage')!r}, not "

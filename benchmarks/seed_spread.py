@@ -36,8 +36,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 RESULTS = "eval_results.json"
-START = "start_eval.json"  # usl / uda: the evaluation of the starting model
+START = "start_eval.json"  # usl / uda: the starting model's evaluation (stages/usl.py START_EVAL)
 METRICS = ("mAP", "rank1", "mINP")
+START_METRICS = ("mAP", "rank1")  # read from START, logged as start_<metric>
 
 
 def log(msg: str) -> None:
@@ -96,7 +97,7 @@ def read_lines(path: str) -> list[dict]:
 def summarize(rows: list[dict]) -> dict:
     """{metric: {mean, sd, min, max, n}} over the rows (sample SD, n - 1)."""
     out = {}
-    for m in ("start_mAP", "start_rank1") + METRICS + ("wall_s",):
+    for m in tuple(f"start_{m}" for m in START_METRICS) + METRICS + ("wall_s",):
         values = [r[m] for r in rows if r.get(m) is not None]
         if values:
             out[m] = {"mean": statistics.fmean(values),
@@ -141,7 +142,7 @@ def start_metrics(run_dir: str) -> dict:
         return {}
     with open(path) as f:
         start = json.load(f)
-    return {"start_mAP": start["mAP"], "start_rank1": start["rank1"]}
+    return {f"start_{m}": start[m] for m in START_METRICS}
 
 
 def build_data(config_spec: str, overrides: dict) -> None:
